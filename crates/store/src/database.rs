@@ -1,0 +1,303 @@
+//! [`Database`]: opening a store from its URL, creating transactions, and the retry loop
+//! [`Database::run`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::error::{Error, ErrorClass, Result, TransactError};
+use crate::local::embedded::EmbeddedEngine;
+use crate::local::memory::MemoryEngine;
+use crate::local::{Engine, LocalTx};
+use crate::transaction::{Transaction, TxBackend, TxInner};
+use crate::url::StoreUrl;
+
+#[cfg(feature = "testing")]
+use crate::faults::{FaultConfig, FaultInjector, FaultStats};
+
+/// Tells a transaction body whether an earlier attempt *may* have committed. Once true it
+/// stays true for every later attempt of the same `run`, because an attempt that followed a
+/// maybe-committed one and then conflicted does not undo the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaybeCommitted(pub bool);
+
+impl From<MaybeCommitted> for bool {
+    fn from(m: MaybeCommitted) -> bool {
+        m.0
+    }
+}
+
+/// The retry policy of [`Database::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Give up after this many attempts (`None`: never). The last error is returned.
+    pub max_attempts: Option<u32>,
+    /// Backoff after the first failure (FoundationDB's default: 10 ms).
+    pub initial_backoff: Duration,
+    /// Backoff ceiling (FoundationDB's default: 1 s).
+    pub max_backoff: Duration,
+}
+
+/// Default attempt limit of [`Database::run`]: generous enough for heavy contention, finite so
+/// that a livelock surfaces as an error instead of a hang.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 100;
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            max_attempts: Some(DEFAULT_MAX_ATTEMPTS),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How to open a store besides its URL.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The clock for transaction lifetimes and conflict history (default: the system clock).
+    pub clock: SharedClock,
+    /// Seed for backoff jitter (default: from the OS).
+    pub seed: Option<u64>,
+    /// Retry policy of [`Database::run`].
+    pub run: RunOptions,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            clock: SystemClock::shared(),
+            seed: None,
+            run: RunOptions::default(),
+        }
+    }
+}
+
+pub(crate) enum DbBackend {
+    Local(Arc<dyn Engine>),
+    #[cfg(feature = "fdb")]
+    Fdb(crate::fdb::FdbDatabase),
+}
+
+struct DbInner {
+    backend: DbBackend,
+    url: StoreUrl,
+    clock: SharedClock,
+    rng: Mutex<fastrand::Rng>,
+    run: RunOptions,
+    #[cfg(feature = "testing")]
+    faults: Option<Arc<FaultInjector>>,
+}
+
+/// A store: the one handle every layer above uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<DbInner>,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &self.inner.url.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Opens the store a URL names (see [`StoreUrl`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] naming the accepted forms; [`Error::Locked`] if another live
+    /// process holds an embedded store; [`Error::BackendUnavailable`] for `fdb:` in a build
+    /// without the `fdb` feature; I/O and engine errors.
+    pub fn open(url: &str) -> Result<Database> {
+        Database::open_with(url, OpenOptions::default())
+    }
+
+    /// Opens the store a URL names, with options.
+    ///
+    /// # Errors
+    /// As [`Database::open`].
+    pub fn open_with(url: &str, options: OpenOptions) -> Result<Database> {
+        let url: StoreUrl = url.parse()?;
+        let backend = match &url {
+            StoreUrl::Memory => {
+                DbBackend::Local(MemoryEngine::new(Arc::clone(&options.clock)) as Arc<dyn Engine>)
+            }
+            StoreUrl::Embedded(path) => DbBackend::Local(
+                EmbeddedEngine::open(path, Arc::clone(&options.clock))? as Arc<dyn Engine>,
+            ),
+            #[cfg(feature = "fdb")]
+            StoreUrl::Fdb(cluster_file) => {
+                DbBackend::Fdb(crate::fdb::FdbDatabase::open(cluster_file.as_deref())?)
+            }
+            #[cfg(not(feature = "fdb"))]
+            StoreUrl::Fdb(_) => {
+                return Err(Error::BackendUnavailable {
+                    backend: "fdb",
+                    hint: "build with `--features fdb` (needs the FoundationDB 7.1 client library)",
+                })
+            }
+        };
+        let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
+        Ok(Database {
+            inner: Arc::new(DbInner {
+                backend,
+                url,
+                clock: options.clock,
+                rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+                run: options.run,
+                #[cfg(feature = "testing")]
+                faults: None,
+            }),
+        })
+    }
+
+    /// A new, empty in-memory store on the system clock.
+    #[must_use]
+    pub fn memory() -> Database {
+        Database::memory_with(OpenOptions::default())
+    }
+
+    /// A new, empty in-memory store with options (a manual clock, a seed).
+    #[must_use]
+    pub fn memory_with(options: OpenOptions) -> Database {
+        match Database::open_with("memory:", options) {
+            Ok(db) => db,
+            // Opening memory cannot fail: no I/O, a constant URL.
+            Err(e) => unreachable!("memory store failed to open: {e}"),
+        }
+    }
+
+    /// The URL this store was opened from.
+    #[must_use]
+    pub fn url(&self) -> &StoreUrl {
+        &self.inner.url
+    }
+
+    /// The clock this store measures transaction lifetimes with; layers above use it too.
+    #[must_use]
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// This database with faults injected into every transaction (feature `testing`). The
+    /// returned handle shares the store with `self`.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn with_faults(&self, config: FaultConfig) -> Database {
+        let backend = match &self.inner.backend {
+            DbBackend::Local(e) => DbBackend::Local(Arc::clone(e)),
+            #[cfg(feature = "fdb")]
+            DbBackend::Fdb(d) => DbBackend::Fdb(d.clone()),
+        };
+        Database {
+            inner: Arc::new(DbInner {
+                backend,
+                url: self.inner.url.clone(),
+                clock: Arc::clone(&self.inner.clock),
+                rng: Mutex::new(fastrand::Rng::with_seed(config.seed ^ 0x5eed)),
+                run: self.inner.run.clone(),
+                faults: Some(Arc::new(FaultInjector::new(config))),
+            }),
+        }
+    }
+
+    /// The faults injected so far, if this handle injects any (feature `testing`).
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn fault_stats(&self) -> Option<FaultStats> {
+        self.inner.faults.as_ref().map(|f| f.stats())
+    }
+
+    /// A new transaction for a single attempt. Prefer [`Database::run`].
+    ///
+    /// # Errors
+    /// Backend errors creating the transaction.
+    pub fn create_transaction(&self) -> Result<Transaction> {
+        let backend = match &self.inner.backend {
+            DbBackend::Local(engine) => {
+                TxBackend::Local(LocalTx::new(Arc::clone(engine), Arc::clone(&self.inner.clock)))
+            }
+            #[cfg(feature = "fdb")]
+            DbBackend::Fdb(db) => TxBackend::Fdb(db.create_transaction()?),
+        };
+        Ok(Transaction::new(TxInner {
+            backend,
+            #[cfg(feature = "testing")]
+            faults: self.inner.faults.clone(),
+        }))
+    }
+
+    /// Runs `body` in a transaction and commits it, retrying retryable errors (from the body
+    /// or the commit) with exponential backoff and jitter, under the database's [`RunOptions`].
+    ///
+    /// `body` gets a fresh transaction each attempt and [`MaybeCommitted`]: true if an earlier
+    /// attempt may have committed, in which case a non-idempotent body must check for its own
+    /// marker before writing again. Generate ids before calling `run`, not inside `body`.
+    ///
+    /// # Errors
+    /// The body's error, or the commit's, as soon as it is not retryable; the last error once
+    /// the attempt limit is reached.
+    pub async fn run<F, Fut, T, E>(&self, body: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TransactError,
+    {
+        let options = self.inner.run.clone();
+        self.run_with(&options, body).await
+    }
+
+    /// [`Database::run`] with its own retry policy.
+    ///
+    /// # Errors
+    /// As [`Database::run`].
+    pub async fn run_with<F, Fut, T, E>(&self, options: &RunOptions, mut body: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TransactError,
+    {
+        let mut maybe_committed = false;
+        let mut backoff = options.initial_backoff;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let tx = self.create_transaction()?;
+            let outcome = match body(tx.clone(), MaybeCommitted(maybe_committed)).await {
+                Ok(value) => match tx.commit().await {
+                    Ok(_) => return Ok(value),
+                    Err(e) => E::from(e),
+                },
+                Err(e) => {
+                    drop(tx);
+                    e
+                }
+            };
+            let class = outcome.store_error().map(Error::class);
+            match class {
+                Some(ErrorClass::Retryable) => {}
+                Some(ErrorClass::MaybeCommitted) => maybe_committed = true,
+                _ => return Err(outcome),
+            }
+            if options.max_attempts.is_some_and(|max| attempt >= max) {
+                tracing::warn!(attempt, "transaction gave up after its attempt limit");
+                return Err(outcome);
+            }
+            let jittered = {
+                let mut rng = self
+                    .inner
+                    .rng
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                backoff.mul_f64(0.5 + rng.f64() / 2.0)
+            };
+            tracing::debug!(attempt, ?class, backoff = ?jittered, "retrying transaction");
+            tokio::time::sleep(jittered).await;
+            backoff = (backoff * 2).min(options.max_backoff);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Fault injection (feature `testing`): a layer over any backend, driven by one seed, that
+//! makes commits fail the ways FoundationDB's do: retryable conflicts, `commit_unknown_result`
+//! both after applying the transaction and without applying it, `transaction_too_old`, and added
+//! latency. Wrap a database with [`crate::Database::with_faults`]; the retry loop and every
+//! body above it must still give correct results.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Probabilities (0.0 to 1.0) of each fault per commit of a transaction that writes, or per
+/// read for `too_old_on_read`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultConfig {
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// A commit fails with a retryable conflict, not applied.
+    pub conflict: f64,
+    /// A commit is applied, then reports `commit_unknown_result`.
+    pub unknown_applied: f64,
+    /// A commit is not applied and reports `commit_unknown_result`.
+    pub unknown_not_applied: f64,
+    /// A commit fails with `transaction_too_old`.
+    pub too_old_on_commit: f64,
+    /// A read fails with `transaction_too_old`.
+    pub too_old_on_read: f64,
+    /// Each commit waits up to this long first (uniformly random); zero for none.
+    pub max_latency: Duration,
+}
+
+impl FaultConfig {
+    /// No faults, seeded.
+    #[must_use]
+    pub fn none(seed: u64) -> Self {
+        FaultConfig {
+            seed,
+            conflict: 0.0,
+            unknown_applied: 0.0,
+            unknown_not_applied: 0.0,
+            too_old_on_commit: 0.0,
+            too_old_on_read: 0.0,
+            max_latency: Duration::ZERO,
+        }
+    }
+
+    /// A hostile mix: about one commit in three fails somehow, one read in fifty is too old.
+    #[must_use]
+    pub fn chaos(seed: u64) -> Self {
+        FaultConfig {
+            seed,
+            conflict: 0.15,
+            unknown_applied: 0.08,
+            unknown_not_applied: 0.08,
+            too_old_on_commit: 0.03,
+            too_old_on_read: 0.02,
+            max_latency: Duration::from_millis(2),
+        }
+    }
+}
+
+/// What happens to one commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitFault {
+    None,
+    Conflict,
+    UnknownApplied,
+    UnknownNotApplied,
+    TooOld,
+}
+
+/// Counts of the faults injected so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Conflicts injected.
+    pub conflicts: u64,
+    /// `commit_unknown_result` after applying.
+    pub unknown_applied: u64,
+    /// `commit_unknown_result` without applying.
+    pub unknown_not_applied: u64,
+    /// `transaction_too_old` on commits and reads.
+    pub too_old: u64,
+}
+
+/// The injector shared by a faulty database's transactions.
+#[derive(Debug)]
+pub(crate) struct FaultInjector {
+    config: FaultConfig,
+    rng: Mutex<fastrand::Rng>,
+    counts: [AtomicU64; 4],
+}
+
+impl FaultInjector {
+    pub(crate) fn new(config: FaultConfig) -> Self {
+        FaultInjector {
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            config,
+            counts: Default::default(),
+        }
+    }
+
+    fn roll(&self) -> f64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .f64()
+    }
+
+    pub(crate) fn read_too_old(&self) -> bool {
+        let hit = self.config.too_old_on_read > 0.0 && self.roll() < self.config.too_old_on_read;
+        if hit {
+            self.counts[3].fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    pub(crate) async fn before_commit(&self) -> CommitFault {
+        if !self.config.max_latency.is_zero() {
+            let wait = self.config.max_latency.mul_f64(self.roll());
+            tokio::time::sleep(wait).await;
+        }
+        let c = &self.config;
+        let table = [
+            (c.conflict, CommitFault::Conflict),
+            (c.unknown_applied, CommitFault::UnknownApplied),
+            (c.unknown_not_applied, CommitFault::UnknownNotApplied),
+            (c.too_old_on_commit, CommitFault::TooOld),
+        ];
+        let r = self.roll();
+        let mut edge = 0.0;
+        for (slot, (p, fault)) in table.into_iter().enumerate() {
+            edge += p;
+            if r < edge {
+                self.counts[slot].fetch_add(1, Ordering::Relaxed);
+                return fault;
+            }
+        }
+        CommitFault::None
+    }
+
+    pub(crate) fn stats(&self) -> FaultStats {
+        FaultStats {
+            conflicts: self.counts[0].load(Ordering::Relaxed),
+            unknown_applied: self.counts[1].load(Ordering::Relaxed),
+            unknown_not_applied: self.counts[2].load(Ordering::Relaxed),
+            too_old: self.counts[3].load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The `memory:` engine: a persistent (structurally shared) ordered map, so a snapshot is an
+//! O(1) clone and readers never block writers. Lives as long as the process.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::{self, BoxFuture, FutureExt};
+use imbl::OrdMap;
+
+use crate::clock::SharedClock;
+use crate::error::Result;
+use crate::local::resolver::Resolver;
+use crate::local::watch::WatchRegistry;
+use crate::local::{
+    apply_mutations, touched, versionstamp, CommitOutcome, CommitRequest, Engine, KvWrite,
+    Snapshot, Snapshots,
+};
+
+type Map = OrdMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Debug)]
+struct State {
+    version: u64,
+    data: Map,
+    resolver: Resolver,
+}
+
+/// The in-memory engine.
+#[derive(Debug)]
+pub(crate) struct MemoryEngine {
+    state: Mutex<State>,
+    watches: WatchRegistry,
+    clock: SharedClock,
+}
+
+impl MemoryEngine {
+    pub(crate) fn new(clock: SharedClock) -> Arc<Self> {
+        Arc::new(MemoryEngine {
+            state: Mutex::new(State {
+                version: 0,
+                data: Map::new(),
+                resolver: Resolver::default(),
+            }),
+            watches: WatchRegistry::default(),
+            clock,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn commit_now(&self, req: CommitRequest) -> Result<CommitOutcome> {
+        let (outcome, touched) = {
+            let mut st = self.lock();
+            if let Some(rv) = req.read_version {
+                st.resolver.check(rv, &req.reads)?;
+            }
+            let version = st.version + 1;
+            let stamp = versionstamp(version, 0);
+            let mut writes = req.writes;
+            let mut data = st.data.clone();
+            apply_mutations(&mut MapWriter(&mut data), &req.mutations, &stamp, &mut writes)?;
+            st.data = data;
+            st.version = version;
+            st.resolver
+                .record(version, &writes, self.clock.monotonic());
+            (CommitOutcome { version, stamp }, touched(&req.mutations, &stamp))
+        };
+        self.watches.fire(self, &touched);
+        Ok(outcome)
+    }
+}
+
+impl Snapshots for MemoryEngine {
+    fn snapshot(&self) -> Result<Box<dyn Snapshot>> {
+        let st = self.lock();
+        Ok(Box::new(MemSnapshot {
+            version: st.version,
+            data: st.data.clone(),
+        }))
+    }
+
+}
+
+impl Engine for MemoryEngine {
+    fn commit(&self, req: CommitRequest) -> BoxFuture<'static, Result<CommitOutcome>> {
+        future::ready(self.commit_now(req)).boxed()
+    }
+
+    fn watches(&self) -> &WatchRegistry {
+        &self.watches
+    }
+
+    fn as_snapshots(&self) -> &dyn Snapshots {
+        self
+    }
+}
+
+struct MemSnapshot {
+    version: u64,
+    data: Map,
+}
+
+impl Snapshot for MemSnapshot {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.data.get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let range = self.data.range::<_, [u8]>((
+            std::ops::Bound::Included(begin),
+            std::ops::Bound::Excluded(end),
+        ));
+        if reverse {
+            for (k, v) in range.rev() {
+                if !visit(k, v) {
+                    break;
+                }
+            }
+        } else {
+            for (k, v) in range {
+                if !visit(k, v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct MapWriter<'a>(&'a mut Map);
+
+impl KvWrite for MapWriter<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.0.remove(key);
+        Ok(())
+    }
+
+    fn delete_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()> {
+        let doomed: Vec<Vec<u8>> = self
+            .0
+            .range::<_, [u8]>((
+                std::ops::Bound::Included(begin),
+                std::ops::Bound::Excluded(end),
+            ))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.0.remove(&k);
+        }
+        Ok(())
+    }
+}
