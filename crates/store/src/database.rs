@@ -237,25 +237,43 @@ impl Database {
     /// `body` gets a fresh transaction each attempt and [`MaybeCommitted`]: true if an earlier
     /// attempt may have committed, in which case a non-idempotent body must check for its own
     /// marker before writing again. Generate ids before calling `run`, not inside `body`.
+    /// For a body with its own error type, use [`Database::transact`].
     ///
     /// # Errors
     /// The body's error, or the commit's, as soon as it is not retryable; the last error once
     /// the attempt limit is reached.
-    pub async fn run<F, Fut, T, E>(&self, body: F) -> Result<T, E>
+    pub async fn run<F, Fut, T>(&self, body: F) -> Result<T>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.transact(body).await
+    }
+
+    /// [`Database::run`] for a body whose error type wraps the store's ([`TransactError`]): a
+    /// retryable store error inside it is still retried.
+    ///
+    /// # Errors
+    /// As [`Database::run`].
+    pub async fn transact<F, Fut, T, E>(&self, body: F) -> Result<T, E>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: TransactError,
     {
         let options = self.inner.run.clone();
-        self.run_with(&options, body).await
+        self.transact_with(&options, body).await
     }
 
-    /// [`Database::run`] with its own retry policy.
+    /// [`Database::transact`] with its own retry policy.
     ///
     /// # Errors
     /// As [`Database::run`].
-    pub async fn run_with<F, Fut, T, E>(&self, options: &RunOptions, mut body: F) -> Result<T, E>
+    pub async fn transact_with<F, Fut, T, E>(
+        &self,
+        options: &RunOptions,
+        mut body: F,
+    ) -> Result<T, E>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, E>>,
