@@ -51,6 +51,7 @@ mod error;
 mod fdb;
 #[cfg(feature = "testing")]
 mod faults;
+pub mod ids;
 mod local;
 mod transaction;
 pub mod types;
@@ -62,6 +63,7 @@ pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use crate::database::{
     Database, MaybeCommitted, OpenOptions, RunOptions, DEFAULT_MAX_ATTEMPTS,
 };
+pub use crate::ids::IdGenerator;
 pub use crate::error::{classify_fdb_code, code, Error, ErrorClass, Result, TransactError};
 #[cfg(feature = "testing")]
 pub use crate::faults::{FaultConfig, FaultStats};

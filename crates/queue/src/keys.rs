@@ -1,0 +1,267 @@
+//! The queue's keyspace: the only place in this crate that packs keys. Every key of a tenant's
+//! queue lies under `("t", tenant, "q")`; the global hints under `("g", ...)` hold only tenant
+//! ids and counters.
+//!
+//! ```text
+//! ("t", T, "q", "job",   JOB)                         -> Job record (JSON)
+//! ("t", T, "q", "rdy",   KIND, PRIO, SEQ, JOB)         -> ""    queued, runnable now (SEQ = run_at µs)
+//! ("t", T, "q", "sched", RUN_AT, JOB)                  -> ""    scheduled: later, retry backoff, snooze
+//! ("t", T, "q", "lease", EXPIRES_AT, JOB)              -> ""    running, until the lease expires
+//! ("t", T, "q", "st",    STATE, SINCE, JOB)            -> ""    every job by state, oldest first
+//! ("t", T, "q", "sess",  SESSION, JOB)                 -> ""    jobs of an IDE session
+//! ("t", T, "q", "idem",  KEY)                          -> JOB   idempotent enqueue
+//! ("t", T, "q", "sup",   KEY)                          -> JOB   newest job of a supersede key
+//! ("t", T, "q", "cnt",   STATE, SHARD)                 -> i64   jobs per state (atomic add, sharded)
+//! ("t", T, "q", "pause", KIND | "*")                   -> ""    paused kind / whole tenant
+//! ("g", "qactive", T)                                  -> ""    tenant may have queued, scheduled or running jobs
+//! ("g", "qwake", SHARD)                                -> i64   bumped by enqueues; idle workers watch it
+//! ```
+//!
+//! Times are i64 microseconds since the epoch; ids are UUIDv7 (tuple UUID type).
+
+use steward_store::tuple::{pack, unpack, Subspace};
+use steward_store::{strinc, RangeOption};
+use uuid::Uuid;
+
+use crate::job::JobState;
+
+/// Shards of the per-state counters (a counter key is written at most ~1/16 of the time).
+pub(crate) const COUNTER_SHARDS: u8 = 16;
+/// Shards of the global wake counter.
+pub(crate) const WAKE_SHARDS: u8 = 8;
+/// The pause key that pauses a whole tenant.
+pub(crate) const ALL_KINDS: &str = "*";
+
+/// The keys of one tenant's queue.
+#[derive(Debug, Clone)]
+pub(crate) struct TenantKeys {
+    q: Subspace,
+}
+
+impl TenantKeys {
+    pub(crate) fn new(tenant: Uuid) -> Self {
+        TenantKeys {
+            q: Subspace::from_bytes(pack(&("t", tenant, "q"))),
+        }
+    }
+
+    pub(crate) fn job(&self, id: Uuid) -> Vec<u8> {
+        self.q.pack(&("job", id))
+    }
+
+    pub(crate) fn jobs(&self) -> RangeOption {
+        prefix(&self.q.pack(&("job",)))
+    }
+
+    pub(crate) fn job_id_of(&self, key: &[u8]) -> Option<Uuid> {
+        self.q.unpack::<(String, Uuid)>(key).ok().map(|(_, id)| id)
+    }
+
+    pub(crate) fn ready(&self, kind: &str, prio: u8, seq: i64, id: Uuid) -> Vec<u8> {
+        self.q.pack(&("rdy", kind, u16::from(prio), seq, id))
+    }
+
+    /// Every runnable job of `kind`, best first (priority, then run_at, then id).
+    pub(crate) fn ready_of_kind(&self, kind: &str) -> RangeOption {
+        prefix(&self.q.pack(&("rdy", kind)))
+    }
+
+    /// All runnable jobs of every kind.
+    pub(crate) fn ready_all(&self) -> RangeOption {
+        prefix(&self.q.pack(&("rdy",)))
+    }
+
+    pub(crate) fn parse_ready(&self, key: &[u8]) -> Option<(String, u8, i64, Uuid)> {
+        self.q
+            .unpack::<(String, String, u16, i64, Uuid)>(key)
+            .ok()
+            .and_then(|(_, k, p, s, id)| Some((k, u8::try_from(p).ok()?, s, id)))
+    }
+
+    pub(crate) fn scheduled(&self, run_at: i64, id: Uuid) -> Vec<u8> {
+        self.q.pack(&("sched", run_at, id))
+    }
+
+    /// Scheduled jobs due at or before `now`.
+    pub(crate) fn scheduled_due(&self, now: i64) -> RangeOption {
+        RangeOption::new(
+            self.q.pack(&("sched",)),
+            self.q.pack(&("sched", now.saturating_add(1))),
+        )
+    }
+
+    pub(crate) fn scheduled_all(&self) -> RangeOption {
+        prefix(&self.q.pack(&("sched",)))
+    }
+
+    pub(crate) fn parse_scheduled(&self, key: &[u8]) -> Option<(i64, Uuid)> {
+        self.q
+            .unpack::<(String, i64, Uuid)>(key)
+            .ok()
+            .map(|(_, t, id)| (t, id))
+    }
+
+    pub(crate) fn lease(&self, expires_at: i64, id: Uuid) -> Vec<u8> {
+        self.q.pack(&("lease", expires_at, id))
+    }
+
+    /// Leases that expired at or before `now`.
+    pub(crate) fn leases_expired(&self, now: i64) -> RangeOption {
+        RangeOption::new(
+            self.q.pack(&("lease",)),
+            self.q.pack(&("lease", now.saturating_add(1))),
+        )
+    }
+
+    pub(crate) fn leases_all(&self) -> RangeOption {
+        prefix(&self.q.pack(&("lease",)))
+    }
+
+    pub(crate) fn parse_lease(&self, key: &[u8]) -> Option<(i64, Uuid)> {
+        self.parse_scheduled(key)
+    }
+
+    pub(crate) fn by_state(&self, state: JobState, since: i64, id: Uuid) -> Vec<u8> {
+        self.q.pack(&("st", state.as_str(), since, id))
+    }
+
+    pub(crate) fn state_index(&self, state: JobState) -> RangeOption {
+        prefix(&self.q.pack(&("st", state.as_str())))
+    }
+
+    /// Jobs that entered `state` before `before`.
+    pub(crate) fn state_index_before(&self, state: JobState, before: i64) -> RangeOption {
+        RangeOption::new(
+            self.q.pack(&("st", state.as_str())),
+            self.q.pack(&("st", state.as_str(), before)),
+        )
+    }
+
+    pub(crate) fn parse_state_index(&self, key: &[u8]) -> Option<(i64, Uuid)> {
+        self.q
+            .unpack::<(String, String, i64, Uuid)>(key)
+            .ok()
+            .map(|(_, _, t, id)| (t, id))
+    }
+
+    pub(crate) fn session(&self, session: Uuid, id: Uuid) -> Vec<u8> {
+        self.q.pack(&("sess", session, id))
+    }
+
+    pub(crate) fn session_jobs(&self, session: Uuid) -> RangeOption {
+        prefix(&self.q.pack(&("sess", session)))
+    }
+
+    pub(crate) fn parse_session(&self, key: &[u8]) -> Option<Uuid> {
+        self.q
+            .unpack::<(String, Uuid, Uuid)>(key)
+            .ok()
+            .map(|(_, _, id)| id)
+    }
+
+    pub(crate) fn idempotency(&self, key: &str) -> Vec<u8> {
+        self.q.pack(&("idem", key))
+    }
+
+    pub(crate) fn supersede(&self, key: &str) -> Vec<u8> {
+        self.q.pack(&("sup", key))
+    }
+
+    pub(crate) fn counter(&self, state: JobState, shard: u8) -> Vec<u8> {
+        self.q.pack(&("cnt", state.as_str(), u16::from(shard)))
+    }
+
+    pub(crate) fn counters(&self, state: JobState) -> RangeOption {
+        prefix(&self.q.pack(&("cnt", state.as_str())))
+    }
+
+    pub(crate) fn pause(&self, kind: &str) -> Vec<u8> {
+        self.q.pack(&("pause", kind))
+    }
+
+    pub(crate) fn pauses(&self) -> RangeOption {
+        prefix(&self.q.pack(&("pause",)))
+    }
+
+    pub(crate) fn parse_pause(&self, key: &[u8]) -> Option<String> {
+        self.q.unpack::<(String, String)>(key).ok().map(|(_, k)| k)
+    }
+}
+
+/// The tenant's entry in the index of tenants that may have work.
+pub(crate) fn active_tenant(tenant: Uuid) -> Vec<u8> {
+    pack(&("g", "qactive", tenant))
+}
+
+/// All tenants that may have work, from `start` (wrapping is the caller's job).
+pub(crate) fn active_tenants_from(start: Uuid) -> RangeOption {
+    RangeOption::new(
+        pack(&("g", "qactive", start)),
+        strinc(&pack(&("g", "qactive"))),
+    )
+}
+
+/// All tenants that may have work, before `end`.
+pub(crate) fn active_tenants_before(end: Uuid) -> RangeOption {
+    RangeOption::new(pack(&("g", "qactive")), pack(&("g", "qactive", end)))
+}
+
+pub(crate) fn parse_active_tenant(key: &[u8]) -> Option<Uuid> {
+    unpack::<(String, String, Uuid)>(key)
+        .ok()
+        .map(|(_, _, t)| t)
+}
+
+/// One shard of the wake counter.
+pub(crate) fn wake(shard: u8) -> Vec<u8> {
+    pack(&("g", "qwake", u16::from(shard)))
+}
+
+fn prefix(p: &[u8]) -> RangeOption {
+    // Tuple-packed prefixes never end in 0xff, so strinc is the exact end of the subspace.
+    RangeOption::prefix(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tenant_key_lies_under_its_tenant_prefix() {
+        let t = Uuid::from_u128(7);
+        let k = TenantKeys::new(t);
+        let id = Uuid::from_u128(9);
+        let root = pack(&("t", t));
+        for key in [
+            k.job(id),
+            k.ready("summarize", 3, 10, id),
+            k.scheduled(5, id),
+            k.lease(5, id),
+            k.by_state(JobState::Queued, 1, id),
+            k.session(id, id),
+            k.idempotency("x"),
+            k.supersede("x"),
+            k.counter(JobState::Dead, 3),
+            k.pause("*"),
+        ] {
+            assert!(key.starts_with(&root));
+        }
+        assert_eq!(k.job_id_of(&k.job(id)), Some(id));
+        assert_eq!(
+            k.parse_ready(&k.ready("a", 1, 2, id)),
+            Some(("a".to_string(), 1, 2, id))
+        );
+        assert_eq!(parse_active_tenant(&active_tenant(t)), Some(t));
+    }
+
+    #[test]
+    fn ready_keys_order_by_priority_then_time() {
+        let k = TenantKeys::new(Uuid::from_u128(1));
+        let id = Uuid::from_u128(2);
+        assert!(k.ready("a", 0, 100, id) < k.ready("a", 1, 0, id));
+        assert!(k.ready("a", 1, 5, id) < k.ready("a", 1, 6, id));
+        let due = k.scheduled_due(10);
+        assert!(k.scheduled(10, id) >= due.begin && k.scheduled(10, id) < due.end);
+        assert!(k.scheduled(11, id) >= due.end);
+    }
+}

@@ -1,0 +1,1254 @@
+//! [`Queue`]: enqueue, claim, heartbeat, complete, fail, release, cancel, pause, replay, prune.
+//!
+//! # Design (after Apple's QuiCK and CouchDB's `couch_jobs`; see docs/queue.md)
+//! - **Enqueue only writes** (blind sets and atomic adds) except for idempotency and supersede
+//!   keys, so producers never conflict with consumers.
+//! - **Claim** snapshot-reads the heads of the ready indexes, picks at random among the best
+//!   candidates (few collisions between workers), and reads only the chosen jobs serializably.
+//!   The same transaction rescues expired leases and promotes due scheduled jobs: there is no
+//!   separate reaper that could race a completion, because every transition reads the job
+//!   record serializably and writes it, so two of them on one job can never both commit.
+//! - **Fencing**: each attempt gets a fresh token; heartbeat, complete, fail and release read the
+//!   job and refuse a token that is not the current lease's ([`Error::LeaseLost`]).
+//! - **Idempotent reporting**: the token of the last attempt that ended is kept on the job, so a
+//!   report retried after `commit_unknown_result` sees its own marker and succeeds once.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use steward_store::limits::MAX_VALUE_SIZE;
+use steward_store::{Database, IdGenerator, RangeOption, Transaction};
+use uuid::Uuid;
+
+use crate::config::QueueConfig;
+use crate::error::{Error, Result};
+use crate::job::{
+    AttemptError, CancelReason, DeadReason, Enqueued, Heartbeat, Job, JobState, Lease, LeaseInfo,
+    NewJob, Outcome, MAX_KEPT_ERRORS,
+};
+use crate::keys::{self, TenantKeys, ALL_KINDS, COUNTER_SHARDS, WAKE_SHARDS};
+
+/// Longest kind name.
+pub const MAX_KIND_LEN: usize = 128;
+/// Longest idempotency or supersede key.
+pub const MAX_KEY_LEN: usize = 256;
+/// Largest serialized arguments: the store's value limit less room for the rest of the record.
+pub const MAX_ARGS_BYTES: usize = MAX_VALUE_SIZE - 16 * 1024;
+/// Most jobs in one enqueue batch.
+pub const MAX_BATCH: usize = 1000;
+/// Jobs handled per transaction by bulk operations (cancel a session, replay, prune).
+const BULK_CHUNK: usize = 100;
+/// Expired leases rescued and due jobs promoted per tenant per claim.
+const MAINTENANCE_PER_CLAIM: usize = 16;
+
+/// What a worker asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRequest {
+    /// The worker's name (kept on the lease, for operators).
+    pub worker: String,
+    /// Only these kinds (the ones the worker can run); `None` for any.
+    pub kinds: Option<Vec<String>>,
+    /// At most this many jobs.
+    pub max: usize,
+    /// Lease length; heartbeats extend it.
+    pub lease: Duration,
+}
+
+/// The tenant job queue over a store.
+#[derive(Debug)]
+pub struct Queue {
+    db: Database,
+    config: QueueConfig,
+    ids: IdGenerator,
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    /// Completed and cancelled jobs removed.
+    pub finished: usize,
+    /// Dead jobs removed.
+    pub dead: usize,
+}
+
+impl Queue {
+    /// A queue over `db` with a random seed.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the configuration is out of bounds.
+    pub fn new(db: Database, config: QueueConfig) -> Result<Self> {
+        Self::with_seed(db, config, fastrand::u64(..))
+    }
+
+    /// A queue whose random choices (tokens, jitter, claim order) come from `seed`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the configuration is out of bounds.
+    pub fn with_seed(db: Database, config: QueueConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        Ok(Queue {
+            ids: IdGenerator::new(db.clock().clone(), seed),
+            rng: Mutex::new(fastrand::Rng::with_seed(seed.rotate_left(17))),
+            db,
+            config,
+        })
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.db.clock().now_micros()
+    }
+
+    fn with_rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+        f(&mut self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// A new UUIDv7 job id from the queue's clock and seed.
+    pub fn new_id(&self) -> Uuid {
+        self.ids.next_id()
+    }
+
+    // ----------------------------------------------------------------------------- enqueue
+
+    /// Enqueues one job.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the bad field; store errors.
+    pub async fn enqueue(&self, tenant: Uuid, job: NewJob) -> Result<Enqueued> {
+        let mut out = self.enqueue_batch(tenant, vec![job]).await?;
+        Ok(out.remove(0))
+    }
+
+    /// Enqueues jobs atomically: all or none.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the bad field (of the first bad job); store errors.
+    pub async fn enqueue_batch(
+        &self,
+        tenant: Uuid,
+        mut jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() || jobs.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "jobs",
+                format!("a batch holds 1 to {MAX_BATCH} jobs"),
+            ));
+        }
+        for job in &mut jobs {
+            validate_new_job(job)?;
+            // Ids are fixed before the retry loop so a retried attempt finds its own job.
+            job.id.get_or_insert_with(|| self.ids.next_id());
+        }
+        let jobs = &jobs;
+        self.db
+            .transact(|tx, _| async move {
+                let mut out = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    out.push(self.enqueue_in(&tx, tenant, job).await?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Enqueues inside the caller's own transaction: the job exists if and only if the
+    /// caller's transaction commits. Set `job.id` before the caller's retry loop (or give an
+    /// idempotency key); otherwise each attempt makes a new id and an attempt that
+    /// maybe-committed could enqueue twice.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the bad field; store errors.
+    pub async fn enqueue_in(
+        &self,
+        tx: &Transaction,
+        tenant: Uuid,
+        job: &NewJob,
+    ) -> Result<Enqueued> {
+        validate_new_job(job)?;
+        let id = job.id.unwrap_or_else(|| self.ids.next_id());
+        let keys = TenantKeys::new(tenant);
+        // Our own job already there: an earlier attempt of this enqueue committed.
+        if tx.get(&keys.job(id), true).await?.is_some() {
+            return Ok(Enqueued {
+                id,
+                duplicate: false,
+                superseded: None,
+            });
+        }
+        let now = self.now();
+        if let Some(key) = &job.idempotency_key {
+            let ik = keys.idempotency(key);
+            if let Some(existing) = tx.get(&ik, false).await? {
+                let existing = decode_id(&existing, "idempotency key")?;
+                if tx.get(&keys.job(existing), false).await?.is_some() {
+                    return Ok(Enqueued {
+                        id: existing,
+                        duplicate: true,
+                        superseded: None,
+                    });
+                }
+            }
+            tx.set(&ik, id.as_bytes());
+        }
+        let mut superseded = None;
+        if let Some(key) = &job.supersede_key {
+            let sk = keys.supersede(key);
+            if let Some(old_id) = tx.get(&sk, false).await? {
+                let old_id = decode_id(&old_id, "supersede key")?;
+                if let Some(old) = load(tx, &keys, old_id).await? {
+                    if matches!(old.state, JobState::Queued | JobState::Scheduled) {
+                        let mut next = old.clone();
+                        next.superseded_by = Some(id);
+                        next.cancel_reason = Some(CancelReason::Superseded);
+                        finish(&mut next, JobState::Cancelled, now, None);
+                        self.save(tx, &keys, Some(&old), &next)?;
+                        superseded = Some(old_id);
+                    }
+                }
+            }
+            tx.set(&sk, id.as_bytes());
+        }
+        let run_at = job.run_at.unwrap_or(now).max(0);
+        let record = Job {
+            id,
+            tenant,
+            kind: job.kind.clone(),
+            args: job.args.clone(),
+            state: if run_at <= now {
+                JobState::Queued
+            } else {
+                JobState::Scheduled
+            },
+            state_since: now,
+            priority: job.priority,
+            run_at,
+            attempt: 0,
+            max_attempts: job.max_attempts,
+            timeout_ms: u64::try_from(job.timeout.as_millis()).unwrap_or(u64::MAX),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            lease: None,
+            ended_token: None,
+            cancel_requested: false,
+            errors: Vec::new(),
+            result: None,
+            dead_reason: None,
+            cancel_reason: None,
+            session_id: job.session_id,
+            idempotency_key: job.idempotency_key.clone(),
+            supersede_key: job.supersede_key.clone(),
+            superseded_by: None,
+        };
+        self.save(tx, &keys, None, &record)?;
+        if let Some(session) = job.session_id {
+            tx.set(&keys.session(session, id), b"");
+        }
+        // Doorbell and wake-up: blind writes, so enqueues never conflict with claims.
+        tx.set(&keys::active_tenant(tenant), b"");
+        tx.add(&keys::wake(wake_shard(tenant)), 1);
+        Ok(Enqueued {
+            id,
+            duplicate: false,
+            superseded,
+        })
+    }
+
+    // ------------------------------------------------------------------------------- claim
+
+    /// Claims up to `req.max` jobs across tenants, each under a new lease.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad request; store errors.
+    pub async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Lease>> {
+        if req.max == 0 || req.max > MAX_BATCH {
+            return Err(Error::invalid("max", format!("must be 1 to {MAX_BATCH}")));
+        }
+        if req.lease < Duration::from_millis(100) {
+            return Err(Error::invalid("lease", "must be at least 100 ms"));
+        }
+        if req.kinds.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::invalid(
+                "kinds",
+                "must not be empty (omit it for any kind)",
+            ));
+        }
+        self.db
+            .transact(|tx, _| async move { self.claim_in(&tx, req).await })
+            .await
+    }
+
+    async fn claim_in(&self, tx: &Transaction, req: &ClaimRequest) -> Result<Vec<Lease>> {
+        let now = self.now();
+        let mut tenants = self.pick_tenants(tx).await?;
+        self.with_rng(|r| r.shuffle(&mut tenants));
+        let mut leases = Vec::new();
+        for tenant in tenants {
+            if leases.len() >= req.max {
+                break;
+            }
+            self.claim_tenant(tx, tenant, req, now, &mut leases).await?;
+        }
+        Ok(leases)
+    }
+
+    /// Tenants that may have work, from a random point of the index (snapshot: no conflicts).
+    async fn pick_tenants(&self, tx: &Transaction) -> Result<Vec<Uuid>> {
+        let want = self.config.tenants_per_claim;
+        let start = Uuid::from_u128(self.with_rng(|r| r.u128(..)));
+        let mut out = Vec::new();
+        let first = tx
+            .get_range(&keys::active_tenants_from(start).limit(want).snapshot())
+            .await?;
+        out.extend(
+            first
+                .kvs
+                .iter()
+                .filter_map(|kv| keys::parse_active_tenant(&kv.key)),
+        );
+        if out.len() < want {
+            let rest = tx
+                .get_range(
+                    &keys::active_tenants_before(start)
+                        .limit(want - out.len())
+                        .snapshot(),
+                )
+                .await?;
+            out.extend(
+                rest.kvs
+                    .iter()
+                    .filter_map(|kv| keys::parse_active_tenant(&kv.key)),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn claim_tenant(
+        &self,
+        tx: &Transaction,
+        tenant: Uuid,
+        req: &ClaimRequest,
+        now: i64,
+        leases: &mut Vec<Lease>,
+    ) -> Result<()> {
+        let keys = TenantKeys::new(tenant);
+        // Serializable: a pause that commits first is seen, one that commits later conflicts.
+        let paused: BTreeSet<String> = tx
+            .get_range_all(&keys.pauses())
+            .await?
+            .iter()
+            .filter_map(|kv| keys.parse_pause(&kv.key))
+            .collect();
+        if paused.contains(ALL_KINDS) {
+            return Ok(());
+        }
+        self.rescue_expired(tx, &keys, now).await?;
+        self.promote_due(tx, &keys, now).await?;
+
+        let need = req.max - leases.len();
+        let kinds = match &req.kinds {
+            Some(k) => k.clone(),
+            None => ready_kinds(tx, &keys).await?,
+        };
+        let mut candidates: Vec<(u8, i64, Uuid)> = Vec::new();
+        for kind in kinds.iter().filter(|k| !paused.contains(*k)) {
+            let head = tx
+                .get_range(&keys.ready_of_kind(kind).limit(need * 2 + 2).snapshot())
+                .await?;
+            candidates.extend(
+                head.kvs
+                    .iter()
+                    .filter_map(|kv| keys.parse_ready(&kv.key))
+                    .map(|(_, p, s, id)| (p, s, id)),
+            );
+        }
+        candidates.sort_unstable();
+        for id in self.choose(&candidates, need) {
+            let Some(job) = load(tx, &keys, id).await? else {
+                continue;
+            };
+            if job.state != JobState::Queued {
+                continue;
+            }
+            let mut next = job.clone();
+            let token = self.ids.next_id();
+            let lease_end = now.saturating_add(micros(req.lease));
+            next.attempt += 1;
+            next.lease = Some(LeaseInfo {
+                token,
+                expires_at: lease_end,
+                worker: req.worker.clone(),
+            });
+            next.cancel_requested = false;
+            transition(&mut next, JobState::Running, now);
+            self.save(tx, &keys, Some(&job), &next)?;
+            leases.push(Lease {
+                tenant,
+                job_id: id,
+                kind: next.kind.clone(),
+                args: next.args.clone(),
+                attempt: next.attempt,
+                max_attempts: next.max_attempts,
+                token,
+                expires_at: lease_end,
+                timeout_ms: next.timeout_ms,
+                session_id: next.session_id,
+            });
+        }
+        self.maybe_retire_doorbell(tx, &keys, tenant).await
+    }
+
+    /// Picks up to `need` ids: strictly by priority, at random among equal priorities within a
+    /// window twice the size needed, so concurrent workers rarely pick the same job.
+    fn choose(&self, sorted: &[(u8, i64, Uuid)], need: usize) -> Vec<Uuid> {
+        let mut out = Vec::with_capacity(need);
+        let mut i = 0;
+        while i < sorted.len() && out.len() < need {
+            let prio = sorted[i].0;
+            let group_end = sorted[i..]
+                .iter()
+                .position(|c| c.0 != prio)
+                .map_or(sorted.len(), |n| i + n);
+            let window_end = group_end.min(i + 2 * (need - out.len()));
+            let mut window: Vec<Uuid> = sorted[i..window_end].iter().map(|c| c.2).collect();
+            self.with_rng(|r| r.shuffle(&mut window));
+            out.extend(window.into_iter().take(need - out.len()));
+            i = group_end;
+        }
+        out
+    }
+
+    /// Jobs whose lease expired: back to the queue, or dead when no attempts are left.
+    async fn rescue_expired(&self, tx: &Transaction, keys: &TenantKeys, now: i64) -> Result<()> {
+        let expired = tx
+            .get_range(
+                &keys
+                    .leases_expired(now)
+                    .limit(MAINTENANCE_PER_CLAIM)
+                    .snapshot(),
+            )
+            .await?;
+        for kv in expired.kvs {
+            let Some((expires_at, id)) = keys.parse_lease(&kv.key) else {
+                continue;
+            };
+            let Some(job) = load(tx, keys, id).await? else {
+                continue;
+            };
+            let still_expired = job.state == JobState::Running
+                && job
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.expires_at == expires_at);
+            if !still_expired {
+                continue;
+            }
+            let mut next = job.clone();
+            next.ended_token = job.lease.as_ref().map(|l| l.token);
+            next.lease = None;
+            if job.cancel_requested {
+                next.cancel_reason = Some(CancelReason::Requested);
+                finish(&mut next, JobState::Cancelled, now, None);
+            } else {
+                push_error(
+                    &mut next,
+                    now,
+                    "lease expired: the worker stopped heartbeating",
+                );
+                if job.attempt >= job.max_attempts {
+                    next.dead_reason = Some(DeadReason::LeaseExpiredTooOften);
+                    finish(&mut next, JobState::Dead, now, None);
+                } else {
+                    next.run_at = now;
+                    transition(&mut next, JobState::Queued, now);
+                }
+            }
+            tracing::info!(job = %id, attempt = job.attempt, state = %next.state, "lease expired");
+            self.save(tx, keys, Some(&job), &next)?;
+        }
+        Ok(())
+    }
+
+    /// Scheduled jobs whose time has come: into the ready index.
+    async fn promote_due(&self, tx: &Transaction, keys: &TenantKeys, now: i64) -> Result<()> {
+        let due = tx
+            .get_range(
+                &keys
+                    .scheduled_due(now)
+                    .limit(MAINTENANCE_PER_CLAIM)
+                    .snapshot(),
+            )
+            .await?;
+        for kv in due.kvs {
+            let Some((run_at, id)) = keys.parse_scheduled(&kv.key) else {
+                continue;
+            };
+            let Some(job) = load(tx, keys, id).await? else {
+                continue;
+            };
+            if job.state != JobState::Scheduled || job.run_at != run_at {
+                continue;
+            }
+            let mut next = job.clone();
+            transition(&mut next, JobState::Queued, now);
+            self.save(tx, keys, Some(&job), &next)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the tenant from the active index if it has no queued, scheduled or running job.
+    /// The emptiness is read serializably, so an enqueue racing this claim makes the claim
+    /// retry instead of leaving a job no worker will look for.
+    async fn maybe_retire_doorbell(
+        &self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        tenant: Uuid,
+    ) -> Result<()> {
+        for range in [keys.ready_all(), keys.scheduled_all(), keys.leases_all()] {
+            if !tx
+                .get_range(&range.snapshot().limit(1))
+                .await?
+                .kvs
+                .is_empty()
+            {
+                return Ok(());
+            }
+        }
+        for range in [keys.ready_all(), keys.scheduled_all(), keys.leases_all()] {
+            if !tx.get_range(&range.limit(1)).await?.kvs.is_empty() {
+                return Ok(());
+            }
+        }
+        tx.clear(&keys::active_tenant(tenant));
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- reports from the worker
+
+    /// Extends the lease and says whether a cancellation was asked for.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if the lease is no longer this worker's; [`Error::NotFound`].
+    pub async fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<Heartbeat> {
+        if extend < Duration::from_millis(100) {
+            return Err(Error::invalid("extend", "must be at least 100 ms"));
+        }
+        self.db
+            .transact(|tx, _| async move {
+                let keys = TenantKeys::new(lease.tenant);
+                let job = load_required(&tx, &keys, lease.job_id).await?;
+                check_fence(&job, lease)?;
+                let now = self.now();
+                let mut next = job.clone();
+                let expires_at = now.saturating_add(micros(extend));
+                if let Some(l) = next.lease.as_mut() {
+                    l.expires_at = expires_at;
+                }
+                next.updated_at = now;
+                self.save(&tx, &keys, Some(&job), &next)?;
+                Ok(Heartbeat {
+                    expires_at,
+                    cancel_requested: job.cancel_requested,
+                })
+            })
+            .await
+    }
+
+    /// Completes the job with `result`.
+    ///
+    /// # Errors
+    /// As [`Queue::complete_with`].
+    pub async fn complete(&self, lease: &Lease, result: serde_json::Value) -> Result<()> {
+        self.complete_with(lease, result, |_tx| async { Ok(()) })
+            .await
+    }
+
+    /// Completes the job with `result` and commits `effects` (the job's own store writes) in
+    /// the same transaction: the effects happen exactly once, together with the completion, or
+    /// not at all. `effects` may run more than once (retries) and must drop its transaction
+    /// before returning.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if the lease is no longer this worker's (nothing is written);
+    /// [`Error::Invalid`] for a result over the size limit; the effects' errors.
+    pub async fn complete_with<F, Fut>(
+        &self,
+        lease: &Lease,
+        result: serde_json::Value,
+        effects: F,
+    ) -> Result<()>
+    where
+        F: Fn(Transaction) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let result = &result;
+        let effects = &effects;
+        self.db
+            .transact(|tx, _| async move {
+                let keys = TenantKeys::new(lease.tenant);
+                let job = load_required(&tx, &keys, lease.job_id).await?;
+                if job.ended_token == Some(lease.token) && job.state == JobState::Completed {
+                    return Ok(()); // An earlier attempt of this call committed.
+                }
+                check_fence(&job, lease)?;
+                effects(tx.clone()).await?;
+                let now = self.now();
+                let mut next = job.clone();
+                next.result = Some(result.clone());
+                next.ended_token = Some(lease.token);
+                next.lease = None;
+                finish(&mut next, JobState::Completed, now, None);
+                self.save(&tx, &keys, Some(&job), &next)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Reports an attempt that did not succeed. Returns the job's new state.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if the lease is no longer this worker's; [`Error::Invalid`] for a
+    /// bad outcome.
+    pub async fn fail(&self, lease: &Lease, outcome: Outcome) -> Result<JobState> {
+        let outcome = &outcome;
+        self.db
+            .transact(|tx, _| async move {
+                let keys = TenantKeys::new(lease.tenant);
+                let job = load_required(&tx, &keys, lease.job_id).await?;
+                if job.ended_token == Some(lease.token) {
+                    return Ok(job.state); // An earlier attempt of this call committed.
+                }
+                check_fence(&job, lease)?;
+                let now = self.now();
+                let mut next = job.clone();
+                next.lease = None;
+                next.ended_token = Some(lease.token);
+                match outcome {
+                    _ if job.cancel_requested => {
+                        next.cancel_reason = Some(CancelReason::Requested);
+                        finish(&mut next, JobState::Cancelled, now, None);
+                    }
+                    Outcome::Retry { error, delay } => {
+                        push_error(&mut next, now, error);
+                        if job.attempt >= job.max_attempts {
+                            next.dead_reason = Some(DeadReason::MaxAttempts);
+                            finish(&mut next, JobState::Dead, now, None);
+                        } else {
+                            let delay = delay.unwrap_or_else(|| {
+                                let unit = self.with_rng(fastrand::Rng::f64);
+                                self.config.retry.delay(job.attempt, unit)
+                            });
+                            schedule(&mut next, now.saturating_add(micros(delay)), now);
+                        }
+                    }
+                    Outcome::Fail { error } => {
+                        push_error(&mut next, now, error);
+                        next.dead_reason = Some(DeadReason::FailedPermanently);
+                        finish(&mut next, JobState::Dead, now, None);
+                    }
+                    Outcome::Snooze { until } => {
+                        next.attempt = next.attempt.saturating_sub(1);
+                        schedule(&mut next, *until, now);
+                    }
+                    Outcome::Cancel { reason } => {
+                        push_error(&mut next, now, reason);
+                        next.cancel_reason = Some(CancelReason::Handler);
+                        finish(&mut next, JobState::Cancelled, now, None);
+                    }
+                }
+                self.save(&tx, &keys, Some(&job), &next)?;
+                Ok(next.state)
+            })
+            .await
+    }
+
+    /// Gives the lease back without counting the attempt (graceful shutdown): the job is
+    /// claimable again at once.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if the lease is no longer this worker's.
+    pub async fn release(&self, lease: &Lease) -> Result<()> {
+        self.db
+            .transact(|tx, _| async move {
+                let keys = TenantKeys::new(lease.tenant);
+                let job = load_required(&tx, &keys, lease.job_id).await?;
+                if job.ended_token == Some(lease.token) {
+                    return Ok(());
+                }
+                check_fence(&job, lease)?;
+                let now = self.now();
+                let mut next = job.clone();
+                next.lease = None;
+                next.ended_token = Some(lease.token);
+                next.attempt = next.attempt.saturating_sub(1);
+                if job.cancel_requested {
+                    next.cancel_reason = Some(CancelReason::Requested);
+                    finish(&mut next, JobState::Cancelled, now, None);
+                } else {
+                    // Keeps its original run_at: it goes back to the head of its priority.
+                    transition(&mut next, JobState::Queued, now);
+                }
+                self.save(&tx, &keys, Some(&job), &next)?;
+                tx.set(&keys::active_tenant(lease.tenant), b"");
+                Ok(())
+            })
+            .await
+    }
+
+    // --------------------------------------------------------------------- administration
+
+    /// Cancels a job: a waiting job at once; a running one is flagged, its worker learns it at
+    /// the next heartbeat (and if its lease expires, it ends cancelled). Finished jobs are left
+    /// as they are. Returns the job's state afterwards.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub async fn cancel(&self, tenant: Uuid, id: Uuid) -> Result<JobState> {
+        self.db
+            .transact(|tx, _| async move { self.cancel_in(&tx, tenant, id).await })
+            .await
+    }
+
+    async fn cancel_in(&self, tx: &Transaction, tenant: Uuid, id: Uuid) -> Result<JobState> {
+        let keys = TenantKeys::new(tenant);
+        let job = load_required(tx, &keys, id).await?;
+        let now = self.now();
+        let mut next = job.clone();
+        match job.state {
+            JobState::Queued | JobState::Scheduled => {
+                next.cancel_reason = Some(CancelReason::Requested);
+                finish(&mut next, JobState::Cancelled, now, None);
+            }
+            JobState::Running if !job.cancel_requested => {
+                next.cancel_requested = true;
+                next.updated_at = now;
+            }
+            _ => return Ok(job.state),
+        }
+        self.save(tx, &keys, Some(&job), &next)?;
+        Ok(next.state)
+    }
+
+    /// Cancels every unfinished job of a session. Returns how many were cancelled or flagged.
+    ///
+    /// # Errors
+    /// Store errors (jobs handled before the error stay cancelled).
+    pub async fn cancel_session(&self, tenant: Uuid, session: Uuid) -> Result<usize> {
+        let keys = TenantKeys::new(tenant);
+        let mut cursor = keys.session_jobs(session);
+        let mut total = 0;
+        loop {
+            let page_opt = cursor.clone().limit(BULK_CHUNK);
+            let (count, next) = self
+                .db
+                .transact(|tx, _| {
+                    let page_opt = page_opt.clone();
+                    let keys = keys.clone();
+                    async move {
+                        let page = tx.get_range(&page_opt).await?;
+                        let mut count = 0;
+                        for kv in &page.kvs {
+                            let Some(id) = keys.parse_session(&kv.key) else {
+                                continue;
+                            };
+                            let Some(job) = load(&tx, &keys, id).await? else {
+                                continue;
+                            };
+                            if job.state.is_terminal() || job.cancel_requested {
+                                continue;
+                            }
+                            self.cancel_in(&tx, tenant, id).await?;
+                            count += 1;
+                        }
+                        Ok::<_, Error>((count, page.next_page(&page_opt)))
+                    }
+                })
+                .await?;
+            total += count;
+            match next {
+                Some(n) => cursor = n,
+                None => return Ok(total),
+            }
+        }
+    }
+
+    /// Puts a dead job back in the queue with a fresh set of attempts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] unless the job is dead; [`Error::NotFound`].
+    pub async fn replay(&self, tenant: Uuid, id: Uuid) -> Result<()> {
+        self.db
+            .transact(|tx, _| async move {
+                let keys = TenantKeys::new(tenant);
+                let job = load_required(&tx, &keys, id).await?;
+                if job.state != JobState::Dead {
+                    return Err(Error::InvalidState {
+                        job: id,
+                        state: job.state,
+                        action: "replay (only dead jobs can be replayed)",
+                    });
+                }
+                self.replay_in(&tx, &keys, &job)
+            })
+            .await
+    }
+
+    fn replay_in(&self, tx: &Transaction, keys: &TenantKeys, job: &Job) -> Result<()> {
+        let now = self.now();
+        let mut next = job.clone();
+        next.attempt = 0;
+        next.dead_reason = None;
+        next.finished_at = None;
+        next.run_at = now;
+        transition(&mut next, JobState::Queued, now);
+        self.save(tx, keys, Some(job), &next)?;
+        tx.set(&keys::active_tenant(job.tenant), b"");
+        tx.add(&keys::wake(wake_shard(job.tenant)), 1);
+        Ok(())
+    }
+
+    /// Replays up to `limit` dead jobs, oldest first, optionally of one kind. Returns how many.
+    ///
+    /// # Errors
+    /// Store errors (jobs replayed before the error stay replayed).
+    pub async fn replay_dead(
+        &self,
+        tenant: Uuid,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<usize> {
+        let keys = TenantKeys::new(tenant);
+        let mut total = 0;
+        let mut cursor = keys.state_index(JobState::Dead);
+        while total < limit {
+            let page_opt = cursor.clone().limit(BULK_CHUNK);
+            let remaining = limit - total;
+            let (count, next) = self
+                .db
+                .transact(|tx, _| {
+                    let page_opt = page_opt.clone();
+                    let keys = keys.clone();
+                    async move {
+                        let page = tx.get_range(&page_opt).await?;
+                        let mut count = 0;
+                        for kv in &page.kvs {
+                            if count >= remaining {
+                                break;
+                            }
+                            let Some((_, id)) = keys.parse_state_index(&kv.key) else {
+                                continue;
+                            };
+                            let Some(job) = load(&tx, &keys, id).await? else {
+                                continue;
+                            };
+                            if job.state != JobState::Dead || kind.is_some_and(|k| k != job.kind) {
+                                continue;
+                            }
+                            self.replay_in(&tx, &keys, &job)?;
+                            count += 1;
+                        }
+                        Ok::<_, Error>((count, page.next_page(&page_opt)))
+                    }
+                })
+                .await?;
+            total += count;
+            match next {
+                // Replayed jobs left the dead index, so continue after the page just read.
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        Ok(total)
+    }
+
+    /// Pauses a kind, or the whole tenant with `None`: nothing more is claimed until resumed
+    /// (running jobs finish).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad kind; store errors.
+    pub async fn pause(&self, tenant: Uuid, kind: Option<&str>) -> Result<()> {
+        self.set_paused(tenant, kind, true).await
+    }
+
+    /// Resumes what [`Queue::pause`] paused.
+    ///
+    /// # Errors
+    /// As [`Queue::pause`].
+    pub async fn resume(&self, tenant: Uuid, kind: Option<&str>) -> Result<()> {
+        self.set_paused(tenant, kind, false).await
+    }
+
+    async fn set_paused(&self, tenant: Uuid, kind: Option<&str>, paused: bool) -> Result<()> {
+        if let Some(k) = kind {
+            validate_kind(k)?;
+        }
+        let key = TenantKeys::new(tenant).pause(kind.unwrap_or(ALL_KINDS));
+        let key = &key;
+        self.db
+            .run(|tx, _| async move {
+                if paused {
+                    tx.set(key, b"");
+                } else {
+                    tx.clear(key);
+                    tx.add(&keys::wake(wake_shard(tenant)), 1);
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes jobs finished longer ago than the retention (completed and cancelled after
+    /// `finished_retention`, dead after `dead_retention`), with their results, indexes and
+    /// idempotency keys.
+    ///
+    /// # Errors
+    /// Store errors (what was pruned before stays pruned).
+    pub async fn prune(&self, tenant: Uuid) -> Result<PruneStats> {
+        let now = self.now();
+        let mut stats = PruneStats::default();
+        for (state, keep) in [
+            (JobState::Completed, self.config.finished_retention),
+            (JobState::Cancelled, self.config.finished_retention),
+            (JobState::Dead, self.config.dead_retention),
+        ] {
+            let before = now.saturating_sub(micros(keep));
+            loop {
+                let n = self.prune_chunk(tenant, state, before).await?;
+                if state == JobState::Dead {
+                    stats.dead += n;
+                } else {
+                    stats.finished += n;
+                }
+                if n < BULK_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn prune_chunk(&self, tenant: Uuid, state: JobState, before: i64) -> Result<usize> {
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        self.db
+            .transact(|tx, _| async move {
+                let page = tx
+                    .get_range(&keys.state_index_before(state, before).limit(BULK_CHUNK))
+                    .await?;
+                let mut n = 0;
+                for kv in &page.kvs {
+                    let Some((_, id)) = keys.parse_state_index(&kv.key) else {
+                        continue;
+                    };
+                    tx.clear(&kv.key);
+                    n += 1;
+                    let Some(job) = load(&tx, keys, id).await? else {
+                        continue;
+                    };
+                    if job.state != state {
+                        continue;
+                    }
+                    self.delete_job(&tx, keys, &job).await?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    async fn delete_job(&self, tx: &Transaction, keys: &TenantKeys, job: &Job) -> Result<()> {
+        tx.clear(&keys.job(job.id));
+        tx.clear(&keys.by_state(job.state, job.state_since, job.id));
+        tx.add(&keys.counter(job.state, self.shard()), -1);
+        if let Some(s) = job.session_id {
+            tx.clear(&keys.session(s, job.id));
+        }
+        for (key, name) in [
+            (
+                job.idempotency_key.as_deref().map(|k| keys.idempotency(k)),
+                "idempotency key",
+            ),
+            (
+                job.supersede_key.as_deref().map(|k| keys.supersede(k)),
+                "supersede key",
+            ),
+        ] {
+            let Some(key) = key else { continue };
+            if let Some(v) = tx.get(&key, false).await? {
+                if decode_id(&v, name)? == job.id {
+                    tx.clear(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------- internals
+
+    fn shard(&self) -> u8 {
+        self.with_rng(|r| r.u8(..COUNTER_SHARDS))
+    }
+
+    /// Writes `next` and moves every index entry and counter from `old`'s state to `next`'s.
+    pub(crate) fn save(
+        &self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        old: Option<&Job>,
+        next: &Job,
+    ) -> Result<()> {
+        let value = serde_json::to_vec(next).map_err(|e| Error::Corrupt {
+            what: format!("job {}", next.id),
+            source: e,
+        })?;
+        if value.len() > MAX_VALUE_SIZE {
+            return Err(Error::invalid(
+                "result",
+                format!(
+                    "the job record would be {} bytes; the store's limit is {MAX_VALUE_SIZE}",
+                    value.len()
+                ),
+            ));
+        }
+        if let Some(old) = old {
+            if let Some(k) = placement_key(keys, old) {
+                tx.clear(&k);
+            }
+            if old.state != next.state || old.state_since != next.state_since {
+                tx.clear(&keys.by_state(old.state, old.state_since, old.id));
+            }
+            if old.state != next.state {
+                tx.add(&keys.counter(old.state, self.shard()), -1);
+            }
+        }
+        if let Some(k) = placement_key(keys, next) {
+            tx.set(&k, b"");
+        }
+        if old.is_none_or(|o| o.state != next.state || o.state_since != next.state_since) {
+            tx.set(&keys.by_state(next.state, next.state_since, next.id), b"");
+        }
+        if old.is_none_or(|o| o.state != next.state) {
+            tx.add(&keys.counter(next.state, self.shard()), 1);
+        }
+        tx.set(&keys.job(next.id), &value);
+        Ok(())
+    }
+}
+
+/// Where a job sits in the scheduling indexes, by state.
+fn placement_key(keys: &TenantKeys, job: &Job) -> Option<Vec<u8>> {
+    match job.state {
+        JobState::Queued => Some(keys.ready(&job.kind, job.priority, job.run_at, job.id)),
+        JobState::Scheduled => Some(keys.scheduled(job.run_at, job.id)),
+        JobState::Running => job.lease.as_ref().map(|l| keys.lease(l.expires_at, job.id)),
+        _ => None,
+    }
+}
+
+fn transition(job: &mut Job, state: JobState, now: i64) {
+    if job.state != state {
+        job.state = state;
+        job.state_since = now;
+    }
+    job.updated_at = now;
+}
+
+fn finish(job: &mut Job, state: JobState, now: i64, _why: Option<&str>) {
+    job.lease = None;
+    job.finished_at = Some(now);
+    transition(job, state, now);
+}
+
+fn schedule(job: &mut Job, run_at: i64, now: i64) {
+    job.run_at = run_at;
+    if run_at <= now {
+        transition(job, JobState::Queued, now);
+    } else {
+        transition(job, JobState::Scheduled, now);
+    }
+}
+
+fn push_error(job: &mut Job, now: i64, message: &str) {
+    let message: String = message.chars().take(4096).collect();
+    job.errors.push(AttemptError {
+        attempt: job.attempt,
+        at: now,
+        message,
+    });
+    if job.errors.len() > MAX_KEPT_ERRORS {
+        let extra = job.errors.len() - MAX_KEPT_ERRORS;
+        job.errors.drain(..extra);
+    }
+}
+
+fn check_fence(job: &Job, lease: &Lease) -> Result<()> {
+    let held = job.state == JobState::Running
+        && job.lease.as_ref().is_some_and(|l| l.token == lease.token);
+    if held {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost { job: job.id })
+    }
+}
+
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn wake_shard(tenant: Uuid) -> u8 {
+    (tenant.as_u128() % u128::from(WAKE_SHARDS)) as u8
+}
+
+fn decode_id(bytes: &[u8], what: &str) -> Result<Uuid> {
+    Uuid::from_slice(bytes).map_err(|_| Error::Corrupt {
+        what: what.to_string(),
+        source: serde::de::Error::custom("not a 16-byte uuid"),
+    })
+}
+
+/// Reads a job serializably.
+pub(crate) async fn load(tx: &Transaction, keys: &TenantKeys, id: Uuid) -> Result<Option<Job>> {
+    match tx.get(&keys.job(id), false).await? {
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                what: format!("job {id}"),
+                source: e,
+            }),
+        None => Ok(None),
+    }
+}
+
+async fn load_required(tx: &Transaction, keys: &TenantKeys, id: Uuid) -> Result<Job> {
+    load(tx, keys, id).await?.ok_or(Error::NotFound(id))
+}
+
+/// The kinds that have runnable jobs, found by skipping from kind to kind (snapshot reads).
+async fn ready_kinds(tx: &Transaction, keys: &TenantKeys) -> Result<Vec<String>> {
+    let all = keys.ready_all();
+    let mut begin = all.begin.clone();
+    let mut kinds = Vec::new();
+    while kinds.len() < 64 {
+        let page = tx
+            .get_range(
+                &RangeOption::new(begin.clone(), all.end.clone())
+                    .limit(1)
+                    .snapshot(),
+            )
+            .await?;
+        let Some(kv) = page.kvs.first() else { break };
+        let Some((kind, ..)) = keys.parse_ready(&kv.key) else {
+            break;
+        };
+        begin = keys.ready_of_kind(&kind).end;
+        kinds.push(kind);
+    }
+    Ok(kinds)
+}
+
+fn validate_kind(kind: &str) -> Result<()> {
+    if kind.is_empty() || kind.len() > MAX_KIND_LEN {
+        return Err(Error::invalid(
+            "kind",
+            format!("must be 1 to {MAX_KIND_LEN} bytes"),
+        ));
+    }
+    if kind == ALL_KINDS
+        || !kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c))
+    {
+        return Err(Error::invalid(
+            "kind",
+            "may hold only ASCII letters, digits and _ - . : /",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_new_job(job: &NewJob) -> Result<()> {
+    validate_kind(&job.kind)?;
+    if job.max_attempts == 0 || job.max_attempts > 1000 {
+        return Err(Error::invalid("max_attempts", "must be 1 to 1000"));
+    }
+    if job.timeout < Duration::from_millis(100) || job.timeout > Duration::from_secs(24 * 3600) {
+        return Err(Error::invalid("timeout", "must be 100 ms to 24 h"));
+    }
+    for (field, key) in [
+        ("idempotency_key", &job.idempotency_key),
+        ("supersede_key", &job.supersede_key),
+    ] {
+        if key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN)
+        {
+            return Err(Error::invalid(
+                field,
+                format!("must be 1 to {MAX_KEY_LEN} bytes"),
+            ));
+        }
+    }
+    let args_len = serde_json::to_vec(&job.args).map_or(usize::MAX, |v| v.len());
+    if args_len > MAX_ARGS_BYTES {
+        return Err(Error::invalid(
+            "args",
+            format!("{args_len} bytes of JSON; at most {MAX_ARGS_BYTES} (the store's value limit less the job record)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_job_validation_names_the_field() {
+        let bad = [
+            (NewJob::new("", serde_json::json!({})), "kind"),
+            (NewJob::new("*", serde_json::json!({})), "kind"),
+            (NewJob::new("a b", serde_json::json!({})), "kind"),
+            (
+                NewJob::new("k", serde_json::json!({})).max_attempts(0),
+                "max_attempts",
+            ),
+            (
+                NewJob::new("k", serde_json::json!({})).timeout(Duration::ZERO),
+                "timeout",
+            ),
+            (
+                NewJob::new("k", serde_json::json!({})).idempotency_key(""),
+                "idempotency_key",
+            ),
+            (
+                NewJob::new("k", serde_json::json!("x".repeat(MAX_ARGS_BYTES))),
+                "args",
+            ),
+        ];
+        for (job, field) in bad {
+            match validate_new_job(&job) {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert!(validate_new_job(&NewJob::new("summarize_session", serde_json::json!({}))).is_ok());
+    }
+}
