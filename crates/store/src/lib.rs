@@ -31,7 +31,8 @@
 //! - `local/`: the `memory:` and `embedded:` backends. They share a read-your-writes
 //!   transaction, a FoundationDB-style resolver (optimistic concurrency at versions) and
 //!   watches; they differ only in the engine (a persistent map, or redb with group commit).
-//! - `fdb.rs` (feature `fdb`): a thin adapter over the `foundationdb` crate, API 710.
+//! - `fdb.rs` (feature `fdb`): a thin adapter over the `foundationdb` crate, API 710; its
+//!   plain-Rust decisions are in `fdb_logic.rs`, built and unit-tested without the feature.
 //! - `faults.rs` and [`conformance`] (feature `testing`): fault injection over any backend, and
 //!   the one suite every backend must pass.
 //!
@@ -49,6 +50,8 @@ mod database;
 mod error;
 #[cfg(feature = "fdb")]
 mod fdb;
+#[cfg_attr(not(feature = "fdb"), allow(dead_code))]
+mod fdb_logic;
 #[cfg(feature = "testing")]
 mod faults;
 pub mod ids;

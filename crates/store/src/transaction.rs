@@ -20,6 +20,9 @@ use crate::types::{key_after, CommitVersionstamp, KeyValue, MutationType, RangeO
 #[cfg(feature = "testing")]
 use crate::faults::{CommitFault, FaultInjector};
 
+// One per transaction, inside its `Arc`: boxing the larger local variant would only add an
+// allocation to the common case.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum TxBackend {
     Local(LocalTx),
     #[cfg(feature = "fdb")]
