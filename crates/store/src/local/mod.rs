@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::clock::SharedClock;
-use crate::error::{Error, Result};
+use crate::error::{code, Error, Result};
 use crate::limits::{MAX_KEY_SIZE, MAX_TRANSACTION_SIZE, MAX_VALUE_SIZE, TRANSACTION_LIFETIME};
 use crate::types::{
     apply_atomic, fill_versionstamp, key_after, split_versionstamp_offset, CommitVersionstamp,
@@ -245,8 +245,8 @@ impl LocalTx {
 
     /// Takes the read snapshot on first use and enforces the 5 s lifetime.
     fn ensure_snapshot<'s>(&self, st: &'s mut State) -> Result<&'s dyn Snapshot> {
-        if let Some(e) = st.deferred.take() {
-            return Err(e);
+        if let Some(e) = &st.deferred {
+            return Err(sticky_copy(e));
         }
         if st.snapshot.is_none() {
             st.snapshot = Some(self.engine.snapshot()?);
@@ -266,8 +266,8 @@ impl LocalTx {
         }
         if let Some(Pending::Known(v)) = st.pending.get(key) {
             let v = v.clone();
-            if let Some(e) = st.deferred.take() {
-                return Err(e);
+            if let Some(e) = &st.deferred {
+                return Err(sticky_copy(e));
             }
             return Ok(v);
         }
@@ -601,6 +601,20 @@ impl LocalTx {
     }
 }
 
+/// The error of an invalid write stays with the transaction, as in FoundationDB: every later
+/// read reports it and the commit fails with it, even if a body ignored one read's error.
+/// Deferred errors are plain data, so each report gets its own copy.
+fn sticky_copy(e: &Error) -> Error {
+    match e {
+        Error::KeyTooLarge { size } => Error::KeyTooLarge { size: *size },
+        Error::ValueTooLarge { size } => Error::ValueTooLarge { size: *size },
+        Error::KeyOutsideLegalRange => Error::KeyOutsideLegalRange,
+        Error::InvertedRange => Error::InvertedRange,
+        Error::InvalidVersionstamp(why) => Error::InvalidVersionstamp(why),
+        other => Error::from_fdb_code(other.fdb_code().unwrap_or(code::KEY_OUTSIDE_LEGAL_RANGE), other),
+    }
+}
+
 fn check_readable_key(key: &[u8]) -> Result<()> {
     if key.first() == Some(&SYSTEM_PREFIX) {
         return Err(Error::KeyOutsideLegalRange);
@@ -639,6 +653,23 @@ fn add_cleared(ranges: &mut Vec<KeyRange>, begin: &[u8], end: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_invalid_write_fails_every_later_read_and_the_commit() {
+        let db = crate::Database::memory();
+        let tx = db.create_transaction().unwrap();
+        tx.set(b"ok", b"1");
+        tx.set(&[1u8; MAX_KEY_SIZE + 1], b"x");
+        for _ in 0..2 {
+            assert!(matches!(
+                tx.get(b"ok", false).await,
+                Err(Error::KeyTooLarge { .. })
+            ));
+        }
+        assert!(matches!(tx.commit().await, Err(Error::KeyTooLarge { .. })));
+        let tx = db.create_transaction().unwrap();
+        assert_eq!(tx.get(b"ok", false).await.unwrap(), None, "nothing applied");
+    }
 
     #[test]
     fn cleared_ranges_merge_and_answer_membership() {
