@@ -49,6 +49,10 @@
 //! cluster file of a dedicated, disposable test cluster (it wipes the whole user keyspace) and
 //! reports "skipped" otherwise.
 
+/// Longest a transaction may take on FoundationDB, reads and commit included (the 5 s MVCC
+/// window bounds reads; the rest leaves room for a slow commit during a recovery).
+const TRANSACTION_TIMEOUT_MS: i32 = 10_000;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -116,6 +120,12 @@ impl FdbDatabase {
         let cluster_file = fdb_logic::cluster_file_arg(cluster_file)?;
         ensure_network()?;
         let db = foundationdb::Database::new(cluster_file).map_err(fdb_error)?;
+        // Without a timeout, a transaction against an unreachable cluster waits forever. A
+        // timed-out transaction fails with 1031 (permanent), which the caller sees.
+        db.set_option(foundationdb::options::DatabaseOption::TransactionTimeout(
+            TRANSACTION_TIMEOUT_MS,
+        ))
+        .map_err(fdb_error)?;
         Ok(FdbDatabase { db: Arc::new(db) })
     }
 
