@@ -1,0 +1,141 @@
+//! End-to-end tests of the real `steward` binary.
+
+use std::process::{Command, Output, Stdio};
+
+fn steward(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(args)
+        // The tests decide the store; the caller's environment must not.
+        .env_remove("STEWARD_STORE")
+        .env_remove("STEWARD_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the steward binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_lists_the_bench_command_and_the_store_setting() {
+    let out = steward(&["--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let help = text(&out.stdout);
+    assert!(help.contains("bench") && help.contains("--store"), "{help}");
+    assert!(help.contains("STEWARD_STORE"), "{help}");
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = steward(&["--version"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("steward {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn quick_store_bench_on_memory_prints_json_with_positive_rates() {
+    let out = steward(&["bench", "store", "--quick", "--json", "--store", "memory:"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert!(
+        report["machine"]["cores"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    let results = report["results"].as_array().expect("results");
+    let scenarios: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["single", "batch", "concurrent"]);
+    for r in results {
+        assert_eq!(r["store"], "memory:", "{r}");
+        assert!(r["txns"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["txn_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["keys_per_sec"].as_f64().unwrap() >= r["txn_per_sec"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn quick_store_bench_on_a_named_embedded_store_leaves_it_reusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("data").display());
+    for _ in 0..2 {
+        let out = steward(&["bench", "store", "--quick", "--store", &url]);
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        let table = text(&out.stdout);
+        assert!(table.contains("txn/s") && table.contains(&url), "{table}");
+        assert!(table.contains("cores"), "{table}");
+    }
+    assert!(dir.path().join("data").join("store.redb").exists());
+}
+
+#[test]
+fn invalid_store_url_exits_2_naming_the_accepted_forms() {
+    let out = steward(&["bench", "store", "--quick", "--store", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("embedded:PATH") && err.contains("memory:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn store_from_the_config_file_is_used_and_the_flag_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("steward.toml");
+    std::fs::write(&config, "store = \"bogus:x\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let out = steward(&["--config", config, "bench", "store", "--quick"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("config file"), "{out:?}");
+    let out = steward(&[
+        "--config", config, "bench", "store", "--quick", "--json", "--store", "memory:",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn unknown_command_exits_2() {
+    let out = steward(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn quick_store_bench_without_a_store_measures_memory_and_a_temporary_embedded_store() {
+    let work = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["bench", "store", "--quick", "--json"])
+        .env_remove("STEWARD_STORE")
+        .env_remove("STEWARD_CONFIG")
+        .env("TMPDIR", tmp.path())
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stores: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(stores.len(), 6, "{stores:?}");
+    assert!(stores[..3].iter().all(|s| *s == "memory:"), "{stores:?}");
+    assert!(
+        stores[3..]
+            .iter()
+            .all(|s| s.starts_with("embedded:") && s.contains(tmp.path().to_str().unwrap())),
+        "{stores:?}"
+    );
+    // The temporary store is removed, and the default data directory is never touched.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert!(!work.path().join("steward-data").exists());
+}
