@@ -122,25 +122,25 @@ impl Database {
     /// As [`Database::open`].
     pub fn open_with(url: &str, options: OpenOptions) -> Result<Database> {
         let url: StoreUrl = url.parse()?;
-        let backend = match &url {
-            StoreUrl::Memory => {
-                DbBackend::Local(MemoryEngine::new(Arc::clone(&options.clock)) as Arc<dyn Engine>)
-            }
-            StoreUrl::Embedded(path) => DbBackend::Local(
-                EmbeddedEngine::open(path, Arc::clone(&options.clock))? as Arc<dyn Engine>,
-            ),
-            #[cfg(feature = "fdb")]
-            StoreUrl::Fdb(cluster_file) => {
-                DbBackend::Fdb(crate::fdb::FdbDatabase::open(cluster_file.as_deref())?)
-            }
-            #[cfg(not(feature = "fdb"))]
-            StoreUrl::Fdb(_) => {
-                return Err(Error::BackendUnavailable {
+        let backend =
+            match &url {
+                StoreUrl::Memory => DbBackend::Local(
+                    MemoryEngine::new(Arc::clone(&options.clock)) as Arc<dyn Engine>
+                ),
+                StoreUrl::Embedded(path) => DbBackend::Local(EmbeddedEngine::open(
+                    path,
+                    Arc::clone(&options.clock),
+                )? as Arc<dyn Engine>),
+                #[cfg(feature = "fdb")]
+                StoreUrl::Fdb(cluster_file) => {
+                    DbBackend::Fdb(crate::fdb::FdbDatabase::open(cluster_file.as_deref())?)
+                }
+                #[cfg(not(feature = "fdb"))]
+                StoreUrl::Fdb(_) => return Err(Error::BackendUnavailable {
                     backend: "fdb",
                     hint: "build with `--features fdb` (needs the FoundationDB 7.1 client library)",
-                })
-            }
-        };
+                }),
+            };
         let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
         Ok(Database {
             inner: Arc::new(DbInner {
@@ -218,9 +218,10 @@ impl Database {
     /// Backend errors creating the transaction.
     pub fn create_transaction(&self) -> Result<Transaction> {
         let backend = match &self.inner.backend {
-            DbBackend::Local(engine) => {
-                TxBackend::Local(LocalTx::new(Arc::clone(engine), Arc::clone(&self.inner.clock)))
-            }
+            DbBackend::Local(engine) => TxBackend::Local(LocalTx::new(
+                Arc::clone(engine),
+                Arc::clone(&self.inner.clock),
+            )),
             #[cfg(feature = "fdb")]
             DbBackend::Fdb(db) => TxBackend::Fdb(db.create_transaction()?),
         };

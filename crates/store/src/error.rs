@@ -83,34 +83,49 @@ pub fn classify_fdb_code(code: i32) -> ErrorClass {
 #[non_exhaustive]
 pub enum Error {
     /// Another transaction wrote something this one read (FoundationDB 1020 `not_committed`).
-    #[error("transaction conflict: a key it read was written by a later commit (1020 not_committed)")]
+    #[error(
+        "transaction conflict: a key it read was written by a later commit (1020 not_committed)"
+    )]
     Conflict,
     /// The transaction ran longer than the 5 s limit (FoundationDB 1007).
     #[error("transaction is older than the 5 s limit (1007 transaction_too_old)")]
     TransactionTooOld,
     /// The commit may or may not have been applied (FoundationDB 1021).
-    #[error("commit result unknown: the transaction may have been applied (1021 commit_unknown_result)")]
+    #[error(
+        "commit result unknown: the transaction may have been applied (1021 commit_unknown_result)"
+    )]
     CommitUnknownResult,
     /// A key longer than [`crate::limits::MAX_KEY_SIZE`] (FoundationDB 2102).
-    #[error("key of {size} bytes exceeds the {} byte limit (2102 key_too_large)", crate::limits::MAX_KEY_SIZE)]
+    #[error(
+        "key of {size} bytes exceeds the {} byte limit (2102 key_too_large)",
+        crate::limits::MAX_KEY_SIZE
+    )]
     KeyTooLarge {
         /// The key's length.
         size: usize,
     },
     /// A value longer than [`crate::limits::MAX_VALUE_SIZE`] (FoundationDB 2103).
-    #[error("value of {size} bytes exceeds the {} byte limit (2103 value_too_large)", crate::limits::MAX_VALUE_SIZE)]
+    #[error(
+        "value of {size} bytes exceeds the {} byte limit (2103 value_too_large)",
+        crate::limits::MAX_VALUE_SIZE
+    )]
     ValueTooLarge {
         /// The value's length.
         size: usize,
     },
     /// A transaction larger than [`crate::limits::MAX_TRANSACTION_SIZE`] (FoundationDB 2101).
-    #[error("transaction of {size} bytes exceeds the {} byte limit (2101 transaction_too_large)", crate::limits::MAX_TRANSACTION_SIZE)]
+    #[error(
+        "transaction of {size} bytes exceeds the {} byte limit (2101 transaction_too_large)",
+        crate::limits::MAX_TRANSACTION_SIZE
+    )]
     TransactionTooLarge {
         /// The transaction's estimated size.
         size: usize,
     },
     /// A write to a key at or above `\xff` (the system keyspace) (FoundationDB 2004).
-    #[error("key is outside the legal range: keys must be below \\xff (2004 key_outside_legal_range)")]
+    #[error(
+        "key is outside the legal range: keys must be below \\xff (2004 key_outside_legal_range)"
+    )]
     KeyOutsideLegalRange,
     /// More than [`crate::limits::MAX_WATCHES`] outstanding watches (FoundationDB 1032).
     #[error("too many outstanding watches (1032 too_many_watches)")]
@@ -299,7 +314,11 @@ mod tests {
             assert_eq!(classify_fdb_code(code), ErrorClass::Retryable, "{code}");
         }
         for code in [1021, 1039] {
-            assert_eq!(classify_fdb_code(code), ErrorClass::MaybeCommitted, "{code}");
+            assert_eq!(
+                classify_fdb_code(code),
+                ErrorClass::MaybeCommitted,
+                "{code}"
+            );
         }
         for code in [2101, 2102, 2103, 2004, 1025, 1032, 4000, 1] {
             assert_eq!(classify_fdb_code(code), ErrorClass::Permanent, "{code}");
@@ -308,7 +327,9 @@ mod tests {
 
     #[test]
     fn named_codes_round_trip_through_the_variants() {
-        for code in [1020, 1007, 1021, 2101, 2102, 2103, 2004, 1032, 1025, 1009, 1213] {
+        for code in [
+            1020, 1007, 1021, 2101, 2102, 2103, 2004, 1032, 1025, 1009, 1213,
+        ] {
             let e = Error::from_fdb_code(code, "x");
             assert_eq!(e.fdb_code(), Some(code));
             assert_eq!(e.class(), classify_fdb_code(code), "{code}");

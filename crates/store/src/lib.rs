@@ -48,12 +48,12 @@ pub mod clock;
 pub mod conformance;
 mod database;
 mod error;
+#[cfg(feature = "testing")]
+mod faults;
 #[cfg(feature = "fdb")]
 mod fdb;
 #[cfg_attr(not(feature = "fdb"), allow(dead_code))]
 mod fdb_logic;
-#[cfg(feature = "testing")]
-mod faults;
 pub mod ids;
 mod local;
 mod transaction;
@@ -66,13 +66,11 @@ pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use crate::database::{
     Database, MaybeCommitted, OpenOptions, RunOptions, DEFAULT_MAX_ATTEMPTS,
 };
-pub use crate::ids::IdGenerator;
 pub use crate::error::{classify_fdb_code, code, Error, ErrorClass, Result, TransactError};
 #[cfg(feature = "testing")]
 pub use crate::faults::{FaultConfig, FaultStats};
-pub use crate::transaction::{
-    decode_counter, Committed, Transaction, VersionstampFuture, Watch,
-};
+pub use crate::ids::IdGenerator;
+pub use crate::transaction::{decode_counter, Committed, Transaction, VersionstampFuture, Watch};
 pub use crate::types::{
     key_after, strinc, CommitVersionstamp, KeyValue, MutationType, RangeOption, RangeResult,
 };

@@ -15,7 +15,9 @@ use futures::future::{BoxFuture, FutureExt};
 
 use crate::error::{Error, Result};
 use crate::local::LocalTx;
-use crate::types::{key_after, CommitVersionstamp, KeyValue, MutationType, RangeOption, RangeResult};
+use crate::types::{
+    key_after, CommitVersionstamp, KeyValue, MutationType, RangeOption, RangeResult,
+};
 
 #[cfg(feature = "testing")]
 use crate::faults::{CommitFault, FaultInjector};
@@ -49,7 +51,9 @@ impl fmt::Debug for Transaction {
             #[cfg(feature = "fdb")]
             TxBackend::Fdb(_) => "fdb",
         };
-        f.debug_struct("Transaction").field("backend", &kind).finish()
+        f.debug_struct("Transaction")
+            .field("backend", &kind)
+            .finish()
     }
 }
 

@@ -155,7 +155,11 @@ pub fn split_versionstamp_offset(raw: &[u8]) -> Result<(&[u8], usize)> {
 }
 
 /// Replaces the placeholder at `offset` with `stamp`.
-pub(crate) fn fill_versionstamp(bytes: &[u8], offset: usize, stamp: &CommitVersionstamp) -> Vec<u8> {
+pub(crate) fn fill_versionstamp(
+    bytes: &[u8],
+    offset: usize,
+    stamp: &CommitVersionstamp,
+) -> Vec<u8> {
     let mut out = bytes.to_vec();
     out[offset..offset + VERSIONSTAMP_LEN].copy_from_slice(stamp);
     out
@@ -241,7 +245,11 @@ pub fn apply_atomic(op: MutationType, existing: Option<&[u8]>, param: &[u8]) -> 
                 MutationType::Max => ordering.is_gt(),
                 _ => ordering.is_lt(),
             };
-            Some(if keep_existing { fitted } else { param.to_vec() })
+            Some(if keep_existing {
+                fitted
+            } else {
+                param.to_vec()
+            })
         }
         MutationType::ByteMin | MutationType::ByteMax => {
             let Some(ex) = existing else {
@@ -251,7 +259,11 @@ pub fn apply_atomic(op: MutationType, existing: Option<&[u8]>, param: &[u8]) -> 
                 MutationType::ByteMin => ex < param,
                 _ => ex > param,
             };
-            Some(if keep_existing { ex.to_vec() } else { param.to_vec() })
+            Some(if keep_existing {
+                ex.to_vec()
+            } else {
+                param.to_vec()
+            })
         }
         MutationType::CompareAndClear => match existing {
             Some(ex) if ex == param => None,
@@ -271,7 +283,10 @@ mod tests {
     #[test]
     fn add_is_little_endian_with_carry_and_wraps() {
         assert_eq!(apply_atomic(MutationType::Add, None, &le(5)), Some(le(5)));
-        assert_eq!(apply_atomic(MutationType::Add, Some(&le(255)), &le(1)), Some(le(256)));
+        assert_eq!(
+            apply_atomic(MutationType::Add, Some(&le(255)), &le(1)),
+            Some(le(256))
+        );
         assert_eq!(
             apply_atomic(MutationType::Add, Some(&le(u64::MAX)), &le(2)),
             Some(le(1))
@@ -282,15 +297,30 @@ mod tests {
             Some(vec![0, 1, 0])
         );
         // Longer existing value is truncated to the parameter's length.
-        assert_eq!(apply_atomic(MutationType::Add, Some(&[1, 1]), &[1]), Some(vec![2]));
+        assert_eq!(
+            apply_atomic(MutationType::Add, Some(&[1, 1]), &[1]),
+            Some(vec![2])
+        );
     }
 
     #[test]
     fn max_and_min_compare_unsigned_little_endian() {
-        assert_eq!(apply_atomic(MutationType::Max, Some(&le(7)), &le(3)), Some(le(7)));
-        assert_eq!(apply_atomic(MutationType::Max, Some(&le(3)), &le(7)), Some(le(7)));
-        assert_eq!(apply_atomic(MutationType::Min, Some(&le(7)), &le(3)), Some(le(3)));
-        assert_eq!(apply_atomic(MutationType::Min, Some(&le(3)), &le(7)), Some(le(3)));
+        assert_eq!(
+            apply_atomic(MutationType::Max, Some(&le(7)), &le(3)),
+            Some(le(7))
+        );
+        assert_eq!(
+            apply_atomic(MutationType::Max, Some(&le(3)), &le(7)),
+            Some(le(7))
+        );
+        assert_eq!(
+            apply_atomic(MutationType::Min, Some(&le(7)), &le(3)),
+            Some(le(3))
+        );
+        assert_eq!(
+            apply_atomic(MutationType::Min, Some(&le(3)), &le(7)),
+            Some(le(3))
+        );
         // 0x0100 (256) > 0x00ff (255) although its first byte is smaller.
         assert_eq!(
             apply_atomic(MutationType::Max, Some(&[0x00, 0x01]), &[0xff, 0x00]),
@@ -328,12 +358,18 @@ mod tests {
             apply_atomic(MutationType::BitXor, Some(&[0b1100]), &[0b1010]),
             Some(vec![0b0110])
         );
-        assert_eq!(apply_atomic(MutationType::CompareAndClear, Some(b"x"), b"x"), None);
+        assert_eq!(
+            apply_atomic(MutationType::CompareAndClear, Some(b"x"), b"x"),
+            None
+        );
         assert_eq!(
             apply_atomic(MutationType::CompareAndClear, Some(b"y"), b"x"),
             Some(b"y".to_vec())
         );
-        assert_eq!(apply_atomic(MutationType::CompareAndClear, None, b"x"), None);
+        assert_eq!(
+            apply_atomic(MutationType::CompareAndClear, None, b"x"),
+            None
+        );
     }
 
     #[test]

@@ -29,9 +29,7 @@ impl FromStr for StoreUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let (scheme, rest) = url
-            .split_once(':')
-            .ok_or_else(|| bad("it has no scheme"))?;
+        let (scheme, rest) = url.split_once(':').ok_or_else(|| bad("it has no scheme"))?;
         match scheme {
             "embedded" if rest.is_empty() => Err(bad("`embedded:` needs a directory path")),
             "embedded" => Ok(StoreUrl::Embedded(PathBuf::from(rest))),
@@ -68,7 +66,9 @@ mod tests {
         assert_eq!("memory:".parse::<StoreUrl>().unwrap(), StoreUrl::Memory);
         assert_eq!("fdb:".parse::<StoreUrl>().unwrap(), StoreUrl::Fdb(None));
         assert_eq!(
-            "fdb:/etc/foundationdb/fdb.cluster".parse::<StoreUrl>().unwrap(),
+            "fdb:/etc/foundationdb/fdb.cluster"
+                .parse::<StoreUrl>()
+                .unwrap(),
             StoreUrl::Fdb(Some("/etc/foundationdb/fdb.cluster".into()))
         );
         assert_eq!(
@@ -79,9 +79,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_naming_the_accepted_forms() {
-        for bad in ["", "memory", "memory:x", "embedded:", "postgres://x", "./data"] {
+        for bad in [
+            "",
+            "memory",
+            "memory:x",
+            "embedded:",
+            "postgres://x",
+            "./data",
+        ] {
             let e = bad.parse::<StoreUrl>().unwrap_err().to_string();
-            assert!(e.contains("embedded:PATH") && e.contains("memory:"), "{bad}: {e}");
+            assert!(
+                e.contains("embedded:PATH") && e.contains("memory:"),
+                "{bad}: {e}"
+            );
         }
     }
 }

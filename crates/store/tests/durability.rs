@@ -154,7 +154,11 @@ fn kill_9_during_concurrent_writes_loses_no_acknowledged_commit() {
             acked.push(id.parse::<u64>().unwrap());
         }
     }
-    assert!(acked.len() >= 300, "the child acknowledged only {} commits", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "the child acknowledged only {} commits",
+        acked.len()
+    );
 
     // The kernel released the lock with the process: the store opens again.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -174,7 +178,10 @@ fn kill_9_during_concurrent_writes_loses_no_acknowledged_commit() {
             assert_eq!(*n, KEYS_PER_TX, "transaction {id} is visible in part");
         }
         for id in &acked {
-            assert!(per_tx.contains_key(id), "acknowledged transaction {id} was lost");
+            assert!(
+                per_tx.contains_key(id),
+                "acknowledged transaction {id} was lost"
+            );
         }
         let count = steward_store::decode_counter(
             tx.get(&pack(&("count",)), false).await.unwrap().as_deref(),

@@ -304,7 +304,12 @@ impl Committer {
                 self.version += 1;
                 let stamp = versionstamp(self.version, 0);
                 let mut writes = req.writes.clone();
-                apply_mutations(&mut TableWriter(&mut table), &req.mutations, &stamp, &mut writes)?;
+                apply_mutations(
+                    &mut TableWriter(&mut table),
+                    &req.mutations,
+                    &stamp,
+                    &mut writes,
+                )?;
                 self.resolver.record(self.version, &writes, now);
                 all_touched.extend(touched(&req.mutations, &stamp));
                 outcomes.push(Ok(CommitOutcome {

@@ -61,12 +61,19 @@ impl MemoryEngine {
             let stamp = versionstamp(version, 0);
             let mut writes = req.writes;
             let mut data = st.data.clone();
-            apply_mutations(&mut MapWriter(&mut data), &req.mutations, &stamp, &mut writes)?;
+            apply_mutations(
+                &mut MapWriter(&mut data),
+                &req.mutations,
+                &stamp,
+                &mut writes,
+            )?;
             st.data = data;
             st.version = version;
-            st.resolver
-                .record(version, &writes, self.clock.monotonic());
-            (CommitOutcome { version, stamp }, touched(&req.mutations, &stamp))
+            st.resolver.record(version, &writes, self.clock.monotonic());
+            (
+                CommitOutcome { version, stamp },
+                touched(&req.mutations, &stamp),
+            )
         };
         self.watches.fire(self, &touched);
         Ok(outcome)
@@ -81,7 +88,6 @@ impl Snapshots for MemoryEngine {
             data: st.data.clone(),
         }))
     }
-
 }
 
 impl Engine for MemoryEngine {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
+use self::watch::WatchRegistry;
 use crate::clock::SharedClock;
 use crate::error::{code, Error, Result};
 use crate::limits::{MAX_KEY_SIZE, MAX_TRANSACTION_SIZE, MAX_VALUE_SIZE, TRANSACTION_LIFETIME};
@@ -24,7 +25,6 @@ use crate::types::{
     apply_atomic, fill_versionstamp, key_after, split_versionstamp_offset, CommitVersionstamp,
     KeyValue, MutationType, RangeOption, RangeResult, VERSIONSTAMP_LEN,
 };
-use self::watch::WatchRegistry;
 
 /// A half-open key range `[begin, end)`.
 pub(crate) type KeyRange = (Vec<u8>, Vec<u8>);
@@ -339,7 +339,10 @@ impl LocalTx {
             if out.len() >= limit {
                 return false;
             }
-            if next_pending.peek().is_some_and(|(pk, _)| pk.as_slice() == k) {
+            if next_pending
+                .peek()
+                .is_some_and(|(pk, _)| pk.as_slice() == k)
+            {
                 let (pk, p) = next_pending.next().expect("peeked");
                 match p.resolve(Some(v)) {
                     Ok(val) => emit(&mut out, &pk, val),
@@ -405,7 +408,8 @@ impl LocalTx {
             .insert(key.to_vec(), Pending::Known(Some(value.to_vec())));
         st.writes.push((key.to_vec(), key_after(key)));
         st.mutation_bytes += key.len() + value.len();
-        st.mutations.push(Mutation::Set(key.to_vec(), value.to_vec()));
+        st.mutations
+            .push(Mutation::Set(key.to_vec(), value.to_vec()));
     }
 
     pub(crate) fn clear(&self, key: &[u8]) {
@@ -562,7 +566,9 @@ impl LocalTx {
         let watches = std::mem::take(&mut st.watches);
         if st.mutations.is_empty() && st.writes.is_empty() {
             // Read-only: nothing to resolve. FoundationDB gives it no commit version.
-            self.engine.watches().register(self.engine.as_snapshots(), watches)?;
+            self.engine
+                .watches()
+                .register(self.engine.as_snapshots(), watches)?;
             return Ok(None);
         }
         let read_version = match &st.snapshot {
@@ -596,7 +602,9 @@ impl LocalTx {
         for s in st.stamps.drain(..) {
             let _ = s.send(outcome.stamp);
         }
-        self.engine.watches().register(self.engine.as_snapshots(), watches)?;
+        self.engine
+            .watches()
+            .register(self.engine.as_snapshots(), watches)?;
         Ok(Some(outcome.version))
     }
 }
@@ -611,7 +619,10 @@ fn sticky_copy(e: &Error) -> Error {
         Error::KeyOutsideLegalRange => Error::KeyOutsideLegalRange,
         Error::InvertedRange => Error::InvertedRange,
         Error::InvalidVersionstamp(why) => Error::InvalidVersionstamp(why),
-        other => Error::from_fdb_code(other.fdb_code().unwrap_or(code::KEY_OUTSIDE_LEGAL_RANGE), other),
+        other => Error::from_fdb_code(
+            other.fdb_code().unwrap_or(code::KEY_OUTSIDE_LEGAL_RANGE),
+            other,
+        ),
     }
 }
 

@@ -118,7 +118,11 @@ mod tests {
     #[test]
     fn conflicts_only_with_newer_writes_that_intersect() {
         let mut r = Resolver::default();
-        r.record(5, &[point(b"a"), (b"m".to_vec(), b"p".to_vec())], Duration::ZERO);
+        r.record(
+            5,
+            &[point(b"a"), (b"m".to_vec(), b"p".to_vec())],
+            Duration::ZERO,
+        );
         assert!(r.check(5, &[point(b"a")]).is_ok());
         assert!(matches!(r.check(4, &[point(b"a")]), Err(Error::Conflict)));
         assert!(r.check(4, &[point(b"b")]).is_ok());

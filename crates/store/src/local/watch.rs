@@ -61,7 +61,11 @@ impl WatchRegistry {
     }
 
     /// Activates the watches of a committed transaction.
-    pub(crate) fn register(&self, source: &dyn Snapshots, requests: Vec<WatchRequest>) -> Result<()> {
+    pub(crate) fn register(
+        &self,
+        source: &dyn Snapshots,
+        requests: Vec<WatchRequest>,
+    ) -> Result<()> {
         if requests.is_empty() {
             return Ok(());
         }
