@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use self::watch::WatchRegistry;
 use crate::clock::SharedClock;
-use crate::error::{code, Error, Result};
+use crate::error::{Error, Result};
 use crate::limits::{MAX_KEY_SIZE, MAX_TRANSACTION_SIZE, MAX_VALUE_SIZE, TRANSACTION_LIFETIME};
 use crate::types::{
     apply_atomic, fill_versionstamp, key_after, split_versionstamp_offset, CommitVersionstamp,
@@ -204,6 +204,9 @@ struct State {
     pending: BTreeMap<Vec<u8>, Pending>,
     /// Ranges cleared by this transaction, sorted and disjoint.
     cleared: Vec<KeyRange>,
+    /// Where this transaction's versionstamped keys may land: unreadable until commit, as in
+    /// FoundationDB (1036), except where a later clear_range made them known.
+    unreadable: Vec<KeyRange>,
     mutations: Vec<Mutation>,
     reads: Vec<KeyRange>,
     writes: Vec<KeyRange>,
@@ -272,6 +275,9 @@ impl LocalTx {
             return Ok(v);
         }
         let stored = self.ensure_snapshot(&mut st)?.get(key)?;
+        if overlaps(&st.unreadable, key, &key_after(key)) {
+            return Err(Error::AccessedUnreadable);
+        }
         let value = match st.pending.get(key) {
             Some(p) => p.resolve(stored.as_deref())?,
             None if is_cleared(&st.cleared, key) => None,
@@ -367,13 +373,18 @@ impl LocalTx {
             emit(&mut out, &pk, val);
         }
         let more = out.len() >= limit;
+        // The part of the range the read examined: all of it, or up to the last pair returned
+        // when the limit was reached.
+        let examined = match (more, out.last()) {
+            (true, Some(last)) if opt.reverse => (last.key.clone(), opt.end.clone()),
+            (true, Some(last)) => (opt.begin.clone(), key_after(&last.key)),
+            _ => (opt.begin.clone(), opt.end.clone()),
+        };
+        if overlaps(&st.unreadable, &examined.0, &examined.1) {
+            return Err(Error::AccessedUnreadable);
+        }
         if !opt.snapshot {
-            let range = match (more, out.last()) {
-                (true, Some(last)) if opt.reverse => (last.key.clone(), opt.end.clone()),
-                (true, Some(last)) => (opt.begin.clone(), key_after(&last.key)),
-                _ => (opt.begin.clone(), opt.end.clone()),
-            };
-            st.reads.push(range);
+            st.reads.push(examined);
         }
         Ok(RangeResult { kvs: out, more })
     }
@@ -448,6 +459,7 @@ impl LocalTx {
             st.pending.remove(&k);
         }
         add_cleared(&mut st.cleared, begin, end);
+        subtract_range(&mut st.unreadable, begin, end);
         st.writes.push((begin.to_vec(), end.to_vec()));
         st.mutation_bytes += begin.len() + end.len();
         st.mutations
@@ -486,6 +498,14 @@ impl LocalTx {
         if !Self::check_write(&mut st, key, value.len()) {
             return;
         }
+        // The key is known only at commit, so every key it may become is unreadable until then
+        // (FoundationDB's `getVersionstampKeyRange`): from the stamp of the read version, the
+        // lowest a commit can get, to the placeholder filled with `\xff`.
+        let lowest = versionstamp(st.snapshot.as_ref().map_or(0, |s| s.version()), 0);
+        let begin = fill_versionstamp(key, offset, &lowest);
+        let end = key_after(&fill_versionstamp(key, offset, &[0xff; VERSIONSTAMP_LEN]));
+        let end = end.min(vec![SYSTEM_PREFIX]);
+        st.unreadable.push((begin, end));
         st.mutation_bytes += key.len() + value.len();
         st.mutations.push(Mutation::VersionstampedKey {
             key: key.to_vec(),
@@ -555,20 +575,38 @@ impl LocalTx {
     }
 
     /// Commits. Returns the commit version, or `None` for a read-only transaction.
-    pub(crate) async fn commit(self) -> Result<Option<u64>> {
-        let mut st = self
-            .state
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) async fn commit(mut self) -> Result<Option<u64>> {
+        let mut st = std::mem::take(
+            self.state
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let watches = std::mem::take(&mut st.watches);
+        match self.commit_state(&mut st).await {
+            Ok(version) => {
+                self.engine
+                    .watches()
+                    .register(self.engine.as_snapshots(), watches)?;
+                Ok(version)
+            }
+            Err(e) => {
+                // As in FoundationDB, the watches of a transaction that did not commit fail
+                // with the commit's error (not as if the transaction had been dropped).
+                for (_, _, notify) in watches {
+                    let _ = notify.send(Err(sticky_copy(&e)));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks and commits the buffered state; watches are left to the caller.
+    async fn commit_state(&self, st: &mut State) -> Result<Option<u64>> {
         if let Some(e) = st.deferred.take() {
             return Err(e);
         }
-        let watches = std::mem::take(&mut st.watches);
         if st.mutations.is_empty() && st.writes.is_empty() {
             // Read-only: nothing to resolve. FoundationDB gives it no commit version.
-            self.engine
-                .watches()
-                .register(self.engine.as_snapshots(), watches)?;
             return Ok(None);
         }
         let read_version = match &st.snapshot {
@@ -602,27 +640,28 @@ impl LocalTx {
         for s in st.stamps.drain(..) {
             let _ = s.send(outcome.stamp);
         }
-        self.engine
-            .watches()
-            .register(self.engine.as_snapshots(), watches)?;
         Ok(Some(outcome.version))
     }
 }
 
 /// The error of an invalid write stays with the transaction, as in FoundationDB: every later
 /// read reports it and the commit fails with it, even if a body ignored one read's error.
-/// Deferred errors are plain data, so each report gets its own copy.
+/// A failed commit's error also goes to each of its watches. Errors are not `Clone`, so each
+/// report gets its own copy, of the same class.
 fn sticky_copy(e: &Error) -> Error {
     match e {
         Error::KeyTooLarge { size } => Error::KeyTooLarge { size: *size },
         Error::ValueTooLarge { size } => Error::ValueTooLarge { size: *size },
+        Error::TransactionTooLarge { size } => Error::TransactionTooLarge { size: *size },
         Error::KeyOutsideLegalRange => Error::KeyOutsideLegalRange,
         Error::InvertedRange => Error::InvertedRange,
         Error::InvalidVersionstamp(why) => Error::InvalidVersionstamp(why),
-        other => Error::from_fdb_code(
-            other.fdb_code().unwrap_or(code::KEY_OUTSIDE_LEGAL_RANGE),
-            other,
-        ),
+        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => match other.fdb_code() {
+            Some(code) => Error::from_fdb_code(code, other),
+            // Engine and I/O errors without a code: permanent, as the original, message kept.
+            None => Error::Io(std::io::Error::other(other.to_string())),
+        },
     }
 }
 
@@ -631,6 +670,31 @@ fn check_readable_key(key: &[u8]) -> Result<()> {
         return Err(Error::KeyOutsideLegalRange);
     }
     Ok(())
+}
+
+/// True if `[begin, end)` intersects one of `ranges`.
+fn overlaps(ranges: &[KeyRange], begin: &[u8], end: &[u8]) -> bool {
+    ranges
+        .iter()
+        .any(|(b, e)| b.as_slice() < end && begin < e.as_slice())
+}
+
+/// Removes `[begin, end)` from `ranges`, splitting those it cuts.
+fn subtract_range(ranges: &mut Vec<KeyRange>, begin: &[u8], end: &[u8]) {
+    let mut kept = Vec::with_capacity(ranges.len() + 1);
+    for (b, e) in ranges.drain(..) {
+        if e.as_slice() <= begin || end <= b.as_slice() {
+            kept.push((b, e));
+            continue;
+        }
+        if b.as_slice() < begin {
+            kept.push((b, begin.to_vec()));
+        }
+        if end < e.as_slice() {
+            kept.push((end.to_vec(), e));
+        }
+    }
+    *ranges = kept;
 }
 
 /// True if `key` lies in one of the sorted, disjoint `ranges`.
@@ -680,6 +744,20 @@ mod tests {
         assert!(matches!(tx.commit().await, Err(Error::KeyTooLarge { .. })));
         let tx = db.create_transaction().unwrap();
         assert_eq!(tx.get(b"ok", false).await.unwrap(), None, "nothing applied");
+    }
+
+    #[test]
+    fn subtracting_a_range_trims_and_splits_the_ranges_it_cuts() {
+        let r = |b: &[u8], e: &[u8]| (b.to_vec(), e.to_vec());
+        let mut ranges = vec![r(b"a", b"c"), r(b"d", b"h"), r(b"x", b"z")];
+        subtract_range(&mut ranges, b"b", b"e");
+        subtract_range(&mut ranges, b"f", b"g");
+        subtract_range(&mut ranges, b"x", b"z");
+        assert_eq!(ranges, vec![r(b"a", b"b"), r(b"e", b"f"), r(b"g", b"h")]);
+        assert!(overlaps(&ranges, b"a\x00", b"a\x01"));
+        assert!(!overlaps(&ranges, b"b", b"e"), "end is exclusive");
+        assert!(!overlaps(&ranges, b"f", b"g"));
+        assert!(overlaps(&ranges, b"0", b"z"));
     }
 
     #[test]
