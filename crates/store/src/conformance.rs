@@ -2464,8 +2464,8 @@ pub async fn run_returns_permanent_and_user_errors_at_once(backend: &Backend) {
     assert_eq!(s.read(b"x").await, None);
 }
 
-/// `run` gives up after `RunOptions::max_attempts` (the database's, or `transact_with`'s) and
-/// returns the last error.
+/// `run` gives up after `RunOptions::max_attempts` (the database's, or `transact_with`'s) with
+/// a permanent `RetryLimitReached` that keeps the last error.
 pub async fn run_gives_up_after_max_attempts(backend: &Backend) {
     let s = &backend
         .store_with(RunOptions {
@@ -2487,12 +2487,21 @@ pub async fn run_gives_up_after_max_attempts(backend: &Backend) {
     let result = s.db.run(|tx, _| always_conflicts(&mut attempts, tx)).await;
     let e = result.expect_err("a transaction that always conflicts cannot succeed");
     assert_eq!(attempts, 3, "the database's max_attempts");
+    assert_eq!(
+        e.class(),
+        ErrorClass::Permanent,
+        "giving up is final for the caller: {e:?}"
+    );
+    let Error::RetryLimitReached { attempts: n, last } = &e else {
+        panic!("expected RetryLimitReached, got {e:?}");
+    };
+    assert_eq!(*n, 3);
     if s.faults {
-        assert!(injectable(&e), "{e:?}");
+        assert!(injectable(last), "{last:?}");
     } else {
         assert!(
-            matches!(e, Error::Conflict),
-            "the last error is returned: {e:?}"
+            matches!(**last, Error::Conflict),
+            "the last error is kept: {last:?}"
         );
     }
     assert_eq!(s.read(b"x").await, None);

@@ -241,8 +241,9 @@ impl Database {
     /// For a body with its own error type, use [`Database::transact`].
     ///
     /// # Errors
-    /// The body's error, or the commit's, as soon as it is not retryable; the last error once
-    /// the attempt limit is reached.
+    /// The body's error, or the commit's, as soon as it is not retryable;
+    /// [`Error::RetryLimitReached`] (permanent, holding the last error) once the attempt limit
+    /// is reached.
     pub async fn run<F, Fut, T>(&self, body: F) -> Result<T>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
@@ -304,7 +305,19 @@ impl Database {
             }
             if options.max_attempts.is_some_and(|max| attempt >= max) {
                 tracing::warn!(attempt, "transaction gave up after its attempt limit");
-                return Err(outcome);
+                // Reported as permanent, so a caller's own retry loop does not multiply the
+                // attempts; the last error is kept inside. Every retryable or maybe-committed
+                // store error has a FoundationDB code, so it can be rebuilt from it.
+                let last = outcome
+                    .store_error()
+                    .and_then(|e| e.fdb_code().map(|code| Error::from_fdb_code(code, e)));
+                return Err(match last {
+                    Some(last) => E::from(Error::RetryLimitReached {
+                        attempts: attempt,
+                        last: Box::new(last),
+                    }),
+                    None => outcome,
+                });
             }
             let jittered = {
                 let mut rng = self
