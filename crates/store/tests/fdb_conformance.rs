@@ -22,6 +22,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use steward_store::conformance::{run_all, Backend, Guard};
 use steward_store::tuple::{pack, pack_with_versionstamp, Versionstamp};
 use steward_store::types::apply_atomic;
 use steward_store::{
@@ -68,6 +69,32 @@ async fn fdb_backend_smoke() {
     run_case(&db, "watches fire on change", watches_fire_on_change(&db)).await;
     // Opening again in the same process shares the one network.
     run_case(&db, "a second open shares the network", second_open(&url)).await;
+}
+
+/// The whole conformance suite, every case on a freshly wiped cluster, one after another (the
+/// cases share the cluster, so they cannot run in parallel). FoundationDB keeps its own time,
+/// so the cases that move the injected clock report themselves skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_fdb() {
+    let Some(cluster_file) = std::env::var_os(CLUSTER_FILE_ENV) else {
+        println!("skipped: {CLUSTER_FILE_ENV} not set");
+        return;
+    };
+    let url = format!("fdb:{}", std::path::Path::new(&cluster_file).display());
+    let backend = Backend::new("fdb", move |options| {
+        let url = url.clone();
+        async move {
+            let db = Database::open_with(&url, options)?;
+            db.run(|tx, _| async move {
+                tx.clear_range(b"", b"\xff");
+                Ok(())
+            })
+            .await?;
+            Ok((db, Box::new(()) as Guard))
+        }
+    })
+    .without_injected_clock();
+    run_all(&backend).await;
 }
 
 /// Wipes the cluster (see the module doc), then runs one case.
