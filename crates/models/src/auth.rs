@@ -1,0 +1,655 @@
+//! [`AuthSession`]: a login as a refresh-token family, with rotation and reuse detection after
+//! RFC 9700 (OAuth 2.0 Security BCP) §4.14.
+//!
+//! # The rules, precisely
+//! - **One family per login** ([`AuthSessions::login`]): a fixed absolute expiry
+//!   (`auth.absolute_ttl` from the login) and a sliding idle expiry (`auth.idle_ttl` from the
+//!   last refresh, never past the absolute one). Time is the store's injected clock.
+//! - **Tokens** are `stw1.<tenant>.<family>.<generation>.<secret>` with a 32-byte secret from the
+//!   OS CSPRNG. Only `HMAC-SHA-256(auth.token_key, tenant ‖ family ‖ generation ‖ secret)` is
+//!   stored, with the generation and its parent; the secret exists only in the client's hands.
+//! - **Rotation**: presenting the current, unused token marks it used and issues generation
+//!   `n + 1` (parent `n`).
+//! - **Grace**: within `auth.grace` (default 10 s) after a token was rotated, that token (the
+//!   *immediately previous* one: its child is still the current token, unused) is accepted
+//!   **once** more, for a client whose refresh response was lost. It issues a new current token
+//!   (parent: the replayed token) and marks the token it replaces as *superseded*.
+//! - **Reuse**: any other presentation of a genuine token (the HMAC matches) that is used,
+//!   superseded, older than the previous one, replayed a second time or outside the grace
+//!   window revokes the whole family ([`RefreshRejection::ReuseDetected`]), so the attacker's
+//!   and the victim's tokens die together. A token whose HMAC does not match is refused as
+//!   [`RefreshRejection::Invalid`] and revokes nothing (it proves nothing about the family).
+//! - Expired or revoked families refuse every token ([`RefreshRejection::Expired`],
+//!   [`RefreshRejection::Revoked`]). A password change, disabling or deleting the user revokes
+//!   all of the user's families in the same transaction.
+//! - Two refreshes racing on one family conflict on the family record: the loser's retry sees
+//!   the rotation and follows the grace or reuse rule.
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use steward_store::Transaction;
+use uuid::Uuid;
+
+use crate::codec::{check_len, decode, encode, hex, os_random, unhex, MAX_INLINE_VALUE};
+use crate::error::{Error, RefreshRejection, Result};
+use crate::keys::TenantKeys;
+use crate::user::require_active_user;
+use crate::{Models, MAX_PAGE};
+
+/// The version prefix of refresh tokens.
+pub const TOKEN_PREFIX: &str = "stw1";
+/// Longest client label (device, user agent), in bytes.
+pub const MAX_CLIENT_BYTES: usize = 256;
+const SECRET_BYTES: usize = 32;
+const MAC_DOMAIN: &[u8] = b"steward.refresh.v1\0";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a family was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RevokeReason {
+    /// The user logged out.
+    Logout,
+    /// A used token was presented again.
+    ReuseDetected,
+    /// The user's password changed.
+    PasswordChanged,
+    /// The user was disabled.
+    UserDisabled,
+    /// The user was deleted.
+    UserDeleted,
+    /// An administrator revoked it.
+    Admin,
+}
+
+/// A login: one refresh-token family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSession {
+    /// The family id (UUIDv7).
+    pub id: Uuid,
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The user who logged in.
+    pub user_id: Uuid,
+    /// The client's label (device, user agent).
+    pub client: String,
+    /// µs since the epoch.
+    pub created_at: i64,
+    /// Fixed at login: no refresh extends it.
+    pub absolute_expires_at: i64,
+    /// Slides with each refresh, never past `absolute_expires_at`.
+    pub idle_expires_at: i64,
+    /// Last login or refresh.
+    pub last_used_at: i64,
+    /// The generation of the one token that may be rotated now.
+    pub current_generation: u32,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<RevokeReason>,
+}
+
+impl AuthSession {
+    /// Not revoked and neither expiry passed at `now`.
+    #[must_use]
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && now < self.absolute_expires_at && now < self.idle_expires_at
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TokenRecord {
+    generation: u32,
+    parent: Option<u32>,
+    /// Hex HMAC-SHA-256 of the secret; never the secret.
+    mac: String,
+    issued_at: i64,
+    used_at: Option<i64>,
+    grace_used: bool,
+    superseded: bool,
+}
+
+/// A refresh token as handed to a client. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RefreshToken(String);
+
+impl RefreshToken {
+    /// The token string to send to the client (and nowhere else: not to logs).
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The tenant a token string names, so the API can route a refresh without a lookup.
+    /// `None` if it is not a token of this format.
+    #[must_use]
+    pub fn tenant_of(token: &str) -> Option<Uuid> {
+        parse_token(token).map(|p| p.tenant)
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken(<redacted>)")
+    }
+}
+
+/// A token just issued, with its family as it now is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// Give this to the client.
+    pub token: RefreshToken,
+    /// The family.
+    pub session: AuthSession,
+}
+
+struct ParsedToken {
+    tenant: Uuid,
+    family: Uuid,
+    generation: u32,
+    secret: Vec<u8>,
+}
+
+fn parse_token(token: &str) -> Option<ParsedToken> {
+    let mut parts = token.trim().split('.');
+    if parts.next()? != TOKEN_PREFIX {
+        return None;
+    }
+    let tenant = Uuid::try_parse(parts.next()?).ok()?;
+    let family = Uuid::try_parse(parts.next()?).ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    let secret = unhex(parts.next()?)?;
+    if parts.next().is_some() || secret.len() != SECRET_BYTES {
+        return None;
+    }
+    Some(ParsedToken {
+        tenant,
+        family,
+        generation,
+        secret,
+    })
+}
+
+fn format_token(tenant: Uuid, family: Uuid, generation: u32, secret: &[u8]) -> RefreshToken {
+    RefreshToken(format!(
+        "{TOKEN_PREFIX}.{}.{}.{generation}.{}",
+        tenant.simple(),
+        family.simple(),
+        hex(secret)
+    ))
+}
+
+fn token_mac(
+    key: &[u8],
+    tenant: Uuid,
+    family: Uuid,
+    generation: u32,
+    secret: &[u8],
+) -> Result<HmacSha256> {
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .map_err(|e| Error::Crypto(format!("hmac key: {e}")))?;
+    m.update(MAC_DOMAIN);
+    m.update(tenant.as_bytes());
+    m.update(family.as_bytes());
+    m.update(&generation.to_be_bytes());
+    m.update(secret);
+    Ok(m)
+}
+
+/// Constant-time check of a secret against a stored hex MAC.
+fn mac_matches(
+    key: &[u8],
+    tenant: Uuid,
+    family: Uuid,
+    generation: u32,
+    secret: &[u8],
+    stored_hex: &str,
+) -> Result<bool> {
+    let Some(stored) = unhex(stored_hex) else {
+        return Ok(false);
+    };
+    Ok(token_mac(key, tenant, family, generation, secret)?
+        .verify_slice(&stored)
+        .is_ok())
+}
+
+fn mac_hex(
+    key: &[u8],
+    tenant: Uuid,
+    family: Uuid,
+    generation: u32,
+    secret: &[u8],
+) -> Result<String> {
+    Ok(hex(&token_mac(key, tenant, family, generation, secret)?
+        .finalize()
+        .into_bytes()))
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+enum RefreshOutcome {
+    Issued(AuthSession),
+    Rejected(RefreshRejection),
+}
+
+/// The auth sessions repository.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthSessions<'a> {
+    m: &'a Models,
+}
+
+impl<'a> AuthSessions<'a> {
+    pub(crate) fn new(m: &'a Models) -> Self {
+        AuthSessions { m }
+    }
+
+    fn key(&self) -> &[u8] {
+        self.m.config().auth.token_key.bytes()
+    }
+
+    /// Starts a login for an existing, enabled user (whose password, SSO assertion or other
+    /// proof the caller has checked): a new family with generation 1.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for the user; [`Error::Invalid`] (`client`, or a disabled user);
+    /// store and crypto errors.
+    pub async fn login(&self, tenant: Uuid, user: Uuid, client: &str) -> Result<IssuedToken> {
+        check_len("client", client, MAX_CLIENT_BYTES, false)?;
+        let mut secret = [0u8; SECRET_BYTES];
+        os_random(&mut secret)?;
+        let now = self.m.now();
+        let cfg = &self.m.config().auth;
+        let family = self.m.new_id();
+        let session = AuthSession {
+            id: family,
+            tenant_id: tenant,
+            user_id: user,
+            client: client.to_owned(),
+            created_at: now,
+            absolute_expires_at: now.saturating_add(micros(cfg.absolute_ttl)),
+            idle_expires_at: now.saturating_add(micros(cfg.idle_ttl.min(cfg.absolute_ttl))),
+            last_used_at: now,
+            current_generation: 1,
+            revoked_at: None,
+            revoke_reason: None,
+        };
+        let record = TokenRecord {
+            generation: 1,
+            parent: None,
+            mac: mac_hex(self.key(), tenant, family, 1, &secret)?,
+            issued_at: now,
+            used_at: None,
+            grace_used: false,
+            superseded: false,
+        };
+        let keys = TenantKeys::new(tenant);
+        let (keys, session, record) = (&keys, &session, &record);
+        self.m
+            .db()
+            .transact(|tx, maybe_committed| async move {
+                if maybe_committed.0 && tx.get(&keys.auth_family(family), false).await?.is_some() {
+                    return Ok::<_, Error>(());
+                }
+                require_active_user(&tx, keys, user).await?;
+                write_family(&tx, keys, session)?;
+                tx.set(
+                    &keys.auth_token(family, 1),
+                    &encode("auth_token", record, MAX_INLINE_VALUE)?,
+                );
+                tx.set(&keys.auth_by_user(user, family), b"");
+                tx.set(
+                    &keys.auth_by_expiry(session.absolute_expires_at, family),
+                    b"",
+                );
+                Ok(())
+            })
+            .await?;
+        Ok(IssuedToken {
+            token: format_token(tenant, family, 1, &secret),
+            session: session.clone(),
+        })
+    }
+
+    /// Rotates a refresh token under the rules in the module doc.
+    ///
+    /// # Errors
+    /// [`Error::RefreshRejected`] with the reason (after committing the family's revocation
+    /// when reuse was detected); store and crypto errors.
+    pub async fn refresh(&self, tenant: Uuid, token: &str) -> Result<IssuedToken> {
+        let invalid = Error::RefreshRejected(RefreshRejection::Invalid);
+        let Some(parsed) = parse_token(token) else {
+            return Err(invalid);
+        };
+        if parsed.tenant != tenant {
+            return Err(invalid);
+        }
+        let mut new_secret = [0u8; SECRET_BYTES];
+        os_random(&mut new_secret)?;
+        let now = self.m.now();
+        let cfg = &self.m.config().auth;
+        let (grace, idle) = (micros(cfg.grace), micros(cfg.idle_ttl));
+        let key = self.key();
+        let keys = TenantKeys::new(tenant);
+        let (keys, parsed, new_secret) = (&keys, &parsed, &new_secret);
+        let family = parsed.family;
+        let outcome = self
+            .m
+            .db()
+            .transact(|tx, maybe_committed| async move {
+                let reject = |r| Ok::<_, Error>(RefreshOutcome::Rejected(r));
+                let Some(mut fam) = read_family(&tx, keys, family).await? else {
+                    return reject(RefreshRejection::Invalid);
+                };
+                let Some(mut rec) = read_token(&tx, keys, family, parsed.generation).await? else {
+                    return reject(RefreshRejection::Invalid);
+                };
+                if !mac_matches(
+                    key,
+                    tenant,
+                    family,
+                    rec.generation,
+                    &parsed.secret,
+                    &rec.mac,
+                )? {
+                    return reject(RefreshRejection::Invalid);
+                }
+                let current = fam.current_generation;
+                if maybe_committed.0 {
+                    // Our earlier attempt may have committed: then the current token is ours.
+                    if let Some(cur) = read_token(&tx, keys, family, current).await? {
+                        if cur.parent == Some(rec.generation)
+                            && mac_matches(key, tenant, family, current, new_secret, &cur.mac)?
+                        {
+                            return Ok(RefreshOutcome::Issued(fam));
+                        }
+                    }
+                }
+                if fam.revoked_at.is_some() {
+                    return reject(RefreshRejection::Revoked);
+                }
+                if now >= fam.absolute_expires_at || now >= fam.idle_expires_at {
+                    return reject(RefreshRejection::Expired);
+                }
+                let fresh = rec.generation == current && rec.used_at.is_none() && !rec.superseded;
+                let in_grace = grace > 0
+                    && rec.generation.checked_add(1) == Some(current)
+                    && !rec.grace_used
+                    && !rec.superseded
+                    && rec
+                        .used_at
+                        .is_some_and(|used| now.saturating_sub(used) <= grace);
+                if fresh {
+                    rec.used_at = Some(now);
+                } else if in_grace {
+                    rec.grace_used = true;
+                    if let Some(mut replaced) = read_token(&tx, keys, family, current).await? {
+                        replaced.superseded = true;
+                        write_token(&tx, keys, family, &replaced)?;
+                    }
+                } else {
+                    tracing::warn!(%tenant, %family, generation = rec.generation, current,
+                        "refresh token reuse detected; revoking the family");
+                    revoke_family(&mut fam, RevokeReason::ReuseDetected, now);
+                    write_family(&tx, keys, &fam)?;
+                    return reject(RefreshRejection::ReuseDetected);
+                }
+                let Some(next) = current.checked_add(1) else {
+                    return reject(RefreshRejection::Expired);
+                };
+                write_token(&tx, keys, family, &rec)?;
+                write_token(
+                    &tx,
+                    keys,
+                    family,
+                    &TokenRecord {
+                        generation: next,
+                        parent: Some(rec.generation),
+                        mac: mac_hex(key, tenant, family, next, new_secret)?,
+                        issued_at: now,
+                        used_at: None,
+                        grace_used: false,
+                        superseded: false,
+                    },
+                )?;
+                fam.current_generation = next;
+                fam.last_used_at = now;
+                fam.idle_expires_at = now.saturating_add(idle).min(fam.absolute_expires_at);
+                write_family(&tx, keys, &fam)?;
+                Ok(RefreshOutcome::Issued(fam))
+            })
+            .await?;
+        match outcome {
+            RefreshOutcome::Issued(session) => Ok(IssuedToken {
+                token: format_token(tenant, family, session.current_generation, new_secret),
+                session,
+            }),
+            RefreshOutcome::Rejected(r) => Err(Error::RefreshRejected(r)),
+        }
+    }
+
+    /// The family, if it exists in this tenant.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]; store errors.
+    pub async fn get(&self, tenant: Uuid, family: Uuid) -> Result<Option<AuthSession>> {
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        self.m
+            .db()
+            .transact(|tx, _| async move { read_family(&tx, keys, family).await })
+            .await
+    }
+
+    /// The user's families (active or not, until pruned), at most [`MAX_PAGE`].
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]; store errors.
+    pub async fn list_for_user(&self, tenant: Uuid, user: Uuid) -> Result<Vec<AuthSession>> {
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        self.m
+            .db()
+            .transact(|tx, _| async move {
+                let idx = tx
+                    .get_range(&keys.auth_of_user(user).limit(MAX_PAGE).snapshot())
+                    .await?;
+                let mut out = Vec::new();
+                for kv in &idx.kvs {
+                    if let Some(f) = keys.parse_auth_by_user(&kv.key) {
+                        if let Some(s) = read_family(&tx, keys, f).await? {
+                            out.push(s);
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Revokes one family (logout). Returns false if there is no such family or it was already
+    /// revoked.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn revoke(&self, tenant: Uuid, family: Uuid, reason: RevokeReason) -> Result<bool> {
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        let now = self.m.now();
+        self.m
+            .db()
+            .transact(|tx, _| async move {
+                let Some(mut fam) = read_family(&tx, keys, family).await? else {
+                    return Ok(false);
+                };
+                if fam.revoked_at.is_some() {
+                    return Ok(false);
+                }
+                revoke_family(&mut fam, reason, now);
+                write_family(&tx, keys, &fam)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Revokes every family of a user ("log out everywhere").
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn revoke_user(&self, tenant: Uuid, user: Uuid, reason: RevokeReason) -> Result<()> {
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        let now = self.m.now();
+        self.m
+            .db()
+            .transact(
+                |tx, _| async move { revoke_user_families_in(&tx, keys, user, reason, now).await },
+            )
+            .await
+    }
+
+    /// Deletes up to `limit` families whose absolute expiry has passed, with their tokens and
+    /// index entries. Returns how many were deleted (call again while it returns `limit`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad limit; store errors.
+    pub async fn prune_expired(&self, tenant: Uuid, limit: usize) -> Result<usize> {
+        let limit = crate::check_limit(limit)?;
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        let now = self.m.now();
+        self.m
+            .db()
+            .transact(|tx, _| async move {
+                let due = tx.get_range(&keys.auth_expired(now).limit(limit)).await?;
+                let mut n = 0;
+                for kv in &due.kvs {
+                    let Some((_, family)) = keys.parse_auth_by_expiry(&kv.key) else {
+                        continue;
+                    };
+                    if let Some(fam) = read_family(&tx, keys, family).await? {
+                        tx.clear(&keys.auth_by_user(fam.user_id, family));
+                    }
+                    tx.clear(&keys.auth_family(family));
+                    let toks = keys.auth_tokens(family);
+                    tx.clear_range(&toks.begin, &toks.end);
+                    tx.clear(&kv.key);
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+    }
+}
+
+fn revoke_family(fam: &mut AuthSession, reason: RevokeReason, now: i64) {
+    fam.revoked_at = Some(now);
+    fam.revoke_reason = Some(reason);
+}
+
+/// Revokes every not-yet-revoked family of a user inside the caller's transaction.
+pub(crate) async fn revoke_user_families_in(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    user: Uuid,
+    reason: RevokeReason,
+    now: i64,
+) -> Result<()> {
+    let idx = tx.get_range_all(&keys.auth_of_user(user)).await?;
+    for kv in &idx {
+        let Some(family) = keys.parse_auth_by_user(&kv.key) else {
+            continue;
+        };
+        if let Some(mut fam) = read_family(tx, keys, family).await? {
+            if fam.revoked_at.is_none() {
+                revoke_family(&mut fam, reason, now);
+                write_family(tx, keys, &fam)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn read_family(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    family: Uuid,
+) -> Result<Option<AuthSession>> {
+    tx.get(&keys.auth_family(family), false)
+        .await?
+        .map(|v| decode(|| format!("auth session {family}"), &v))
+        .transpose()
+}
+
+fn write_family(tx: &Transaction, keys: &TenantKeys, fam: &AuthSession) -> Result<()> {
+    tx.set(
+        &keys.auth_family(fam.id),
+        &encode("auth_session", fam, MAX_INLINE_VALUE)?,
+    );
+    Ok(())
+}
+
+async fn read_token(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    family: Uuid,
+    generation: u32,
+) -> Result<Option<TokenRecord>> {
+    tx.get(&keys.auth_token(family, generation), false)
+        .await?
+        .map(|v| decode(|| format!("refresh token {family}/{generation}"), &v))
+        .transpose()
+}
+
+fn write_token(tx: &Transaction, keys: &TenantKeys, family: Uuid, rec: &TokenRecord) -> Result<()> {
+    tx.set(
+        &keys.auth_token(family, rec.generation),
+        &encode("auth_token", rec, MAX_INLINE_VALUE)?,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_malformed_ones_do_not_parse() {
+        let (t, f) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let tok = format_token(t, f, 7, &[9u8; SECRET_BYTES]);
+        let p = parse_token(tok.expose()).unwrap();
+        assert_eq!((p.tenant, p.family, p.generation), (t, f, 7));
+        assert_eq!(p.secret, vec![9u8; SECRET_BYTES]);
+        assert_eq!(RefreshToken::tenant_of(tok.expose()), Some(t));
+        assert_eq!(format!("{tok:?}"), "RefreshToken(<redacted>)");
+        for bad in [
+            "",
+            "stw1",
+            &tok.expose().replace("stw1", "stw2"),
+            &format!("{}.x", tok.expose()),
+            &tok.expose()[..tok.expose().len() - 2],
+        ] {
+            assert!(parse_token(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_mac_binds_every_field() {
+        let key = [3u8; 32];
+        let (t, f) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let s = [5u8; SECRET_BYTES];
+        let m = mac_hex(&key, t, f, 1, &s).unwrap();
+        assert!(mac_matches(&key, t, f, 1, &s, &m).unwrap());
+        assert!(!mac_matches(&key, t, f, 2, &s, &m).unwrap());
+        assert!(!mac_matches(&key, f, f, 1, &s, &m).unwrap());
+        assert!(!mac_matches(&key, t, t, 1, &s, &m).unwrap());
+        assert!(!mac_matches(&[4u8; 32], t, f, 1, &s, &m).unwrap());
+        assert!(!mac_matches(&key, t, f, 1, &[6u8; SECRET_BYTES], &m).unwrap());
+    }
+}
