@@ -667,10 +667,16 @@ impl<'a> Audit<'a> {
         let now = self.m.now();
         self.m
             .db()
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let t = require_tenant(&tx, keys, tenant).await?;
                 let head = read_head(&tx, keys).await?;
                 let segments = read_segments(&tx, keys).await?;
+                if let Some(s) = segments.last() {
+                    // Our own earlier attempt committed (its timestamp is ours).
+                    if maybe_committed.0 && s.compacted_at == now && s.last_seq <= through_seq {
+                        return Ok(s.clone());
+                    }
+                }
                 let (first, mut prev) = segments
                     .last()
                     .map_or((1, [0u8; 32]), |s| (s.last_seq + 1, s.last_hash));

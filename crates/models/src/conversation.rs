@@ -435,6 +435,7 @@ impl<'a> Conversations<'a> {
             if let Some(m) = &n.model {
                 check_len("model", m, 256, false)?;
             }
+            let n_id_chosen = n.id.is_some();
             let msg = Message {
                 id: n.id.unwrap_or_else(|| self.m.new_id()),
                 role: n.role,
@@ -447,7 +448,7 @@ impl<'a> Conversations<'a> {
             };
             let bytes = encode("message", &msg, MAX_MESSAGE_BYTES)?;
             total += bytes.len();
-            built.push((msg, bytes));
+            built.push((msg, bytes, n_id_chosen));
         }
         if total > MAX_APPEND_BYTES {
             return Err(Error::invalid(
@@ -462,19 +463,27 @@ impl<'a> Conversations<'a> {
             .db()
             .transact(|tx, maybe_committed| async move {
                 if maybe_committed.0 {
-                    if let Some(known) = existing_positions(&tx, keys, conversation, built).await? {
+                    // The batch is one transaction: if its first message is there, all are,
+                    // under one commit stamp.
+                    if let Some(first) = read_marker(&tx, keys, conversation, built[0].0.id).await?
+                    {
+                        let mut stamp = [0u8; 10];
+                        stamp.copy_from_slice(&first.0[..10]);
+                        let known = (0..built.len()).map(|i| position_at(stamp, i)).collect();
                         return Ok(Appended::Known(known));
                     }
                 }
                 if read_conversation(&tx, keys, conversation).await?.is_none() {
                     return Err(Error::not_found("conversation", conversation));
                 }
-                for (i, (msg, bytes)) in built.iter().enumerate() {
+                for (i, (msg, bytes, chosen_id)) in built.iter().enumerate() {
                     let uv = u16::try_from(i).unwrap_or(u16::MAX);
-                    if tx
-                        .get(&keys.message_id(conversation, msg.id), false)
-                        .await?
-                        .is_some()
+                    // Ids this call generated are new; only a caller's ids can collide.
+                    if *chosen_id
+                        && tx
+                            .get(&keys.message_id(conversation, msg.id), false)
+                            .await?
+                            .is_some()
                     {
                         return Err(Error::AlreadyExists {
                             what: "message",
@@ -512,21 +521,13 @@ impl<'a> Conversations<'a> {
             Appended::Known(p) => p,
             Appended::Pending(stamp) => {
                 let stamp = stamp.await?;
-                (0..built.len())
-                    .map(|i| {
-                        let mut b = [0u8; 12];
-                        b[..10].copy_from_slice(&stamp);
-                        b[10..]
-                            .copy_from_slice(&u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes());
-                        MessagePosition(b)
-                    })
-                    .collect()
+                (0..built.len()).map(|i| position_at(stamp, i)).collect()
             }
         };
         Ok(positions
             .into_iter()
             .zip(built.iter())
-            .map(|(position, (message, _))| StoredMessage {
+            .map(|(position, (message, _, _))| StoredMessage {
                 position,
                 message: message.clone(),
             })
@@ -700,20 +701,10 @@ async fn read_marker(
     }
 }
 
-/// The positions of a batch if an earlier attempt committed it (all or nothing: one
-/// transaction), read from the messages' id markers.
-async fn existing_positions(
-    tx: &Transaction,
-    keys: &TenantKeys,
-    conversation: Uuid,
-    built: &[(Message, Vec<u8>)],
-) -> Result<Option<Vec<MessagePosition>>> {
-    let mut out = Vec::with_capacity(built.len());
-    for (msg, _) in built {
-        match read_marker(tx, keys, conversation, msg.id).await? {
-            Some(p) => out.push(p),
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(out))
+/// The position of the `i`-th message of a transaction committed at `stamp`.
+fn position_at(stamp: [u8; 10], i: usize) -> MessagePosition {
+    let mut b = [0u8; 12];
+    b[..10].copy_from_slice(&stamp);
+    b[10..].copy_from_slice(&u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes());
+    MessagePosition(b)
 }
