@@ -51,6 +51,11 @@
 //! beyond a record's documented maximum is refused with [`Error::Invalid`] naming the field,
 //! never truncated.
 //!
+//! Every write is safe under the store's retry loop, `commit_unknown_result` included: ids and
+//! times are fixed before the loop, and a retry recognises its own earlier commit (the record
+//! it wrote, an id marker, a token's HMAC) instead of applying twice. The one visible trace: a
+//! delete retried that way may report `false` ("did not exist") for a record it deleted itself.
+//!
 //! # Must not touch
 //! No HTTP, no job queue and no job logic (those are `steward-api`, `steward-queue` and
 //! `steward-workers`); no key outside `("t", tenant, <its areas>)`, `("g", "tenants")` and
