@@ -228,6 +228,14 @@ impl Database {
         Ok(Transaction::new(TxInner {
             backend,
             #[cfg(feature = "testing")]
+            too_old_at: self
+                .inner
+                .faults
+                .as_ref()
+                .and_then(|f| f.too_old_read_index()),
+            #[cfg(feature = "testing")]
+            reads: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(feature = "testing")]
             faults: self.inner.faults.clone(),
         }))
     }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Probabilities (0.0 to 1.0) of each fault per commit of a transaction that writes, or per
-/// read for `too_old_on_read`.
+/// transaction for `too_old_on_read`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultConfig {
     /// The seed of every random choice.
@@ -22,7 +22,9 @@ pub struct FaultConfig {
     pub unknown_not_applied: f64,
     /// A commit fails with `transaction_too_old`.
     pub too_old_on_commit: f64,
-    /// A read fails with `transaction_too_old`.
+    /// A transaction grows too old while it reads: one of its first reads (chosen at random)
+    /// fails with `transaction_too_old`. Per transaction, not per read, so a transaction that
+    /// reads a lot is no likelier to fail than FoundationDB's 5 s window makes it.
     pub too_old_on_read: f64,
     /// Each commit waits up to this long first (uniformly random); zero for none.
     pub max_latency: Duration,
@@ -43,7 +45,8 @@ impl FaultConfig {
         }
     }
 
-    /// A hostile mix: about one commit in three fails somehow, one read in fifty is too old.
+    /// A hostile mix: about one commit in three fails somehow, one transaction in twenty-five
+    /// grows too old while reading.
     #[must_use]
     pub fn chaos(seed: u64) -> Self {
         FaultConfig {
@@ -52,7 +55,7 @@ impl FaultConfig {
             unknown_applied: 0.08,
             unknown_not_applied: 0.08,
             too_old_on_commit: 0.03,
-            too_old_on_read: 0.02,
+            too_old_on_read: 0.04,
             max_latency: Duration::from_millis(2),
         }
     }
@@ -98,19 +101,26 @@ impl FaultInjector {
         }
     }
 
-    fn roll(&self) -> f64 {
-        self.rng
+    fn with_rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+        f(&mut self
+            .rng
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .f64()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    pub(crate) fn read_too_old(&self) -> bool {
+    fn roll(&self) -> f64 {
+        self.with_rng(fastrand::Rng::f64)
+    }
+
+    /// For a new transaction: the index of the read that will fail as too old, if any.
+    pub(crate) fn too_old_read_index(&self) -> Option<u32> {
         let hit = self.config.too_old_on_read > 0.0 && self.roll() < self.config.too_old_on_read;
-        if hit {
-            self.counts[3].fetch_add(1, Ordering::Relaxed);
-        }
-        hit
+        hit.then(|| self.with_rng(|r| r.u32(0..8)))
+    }
+
+    /// Counts a too-old read that was injected.
+    pub(crate) fn count_too_old_read(&self) {
+        self.counts[3].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) async fn before_commit(&self) -> CommitFault {

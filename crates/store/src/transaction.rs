@@ -35,6 +35,12 @@ pub(crate) struct TxInner {
     pub(crate) backend: TxBackend,
     #[cfg(feature = "testing")]
     pub(crate) faults: Option<Arc<FaultInjector>>,
+    /// The read at which this transaction is made too old (fault injection).
+    #[cfg(feature = "testing")]
+    pub(crate) too_old_at: Option<u32>,
+    /// Reads so far (fault injection).
+    #[cfg(feature = "testing")]
+    pub(crate) reads: std::sync::atomic::AtomicU32,
 }
 
 /// A transaction. Cheap to clone (clones share it); every clone must be dropped before
@@ -108,10 +114,21 @@ impl Transaction {
 
     #[cfg(feature = "testing")]
     fn inject_read_fault(&self) -> Result<()> {
-        match &self.inner.faults {
-            Some(f) if f.read_too_old() => Err(Error::TransactionTooOld),
-            _ => Ok(()),
+        let (Some(f), Some(fail_at)) = (&self.inner.faults, self.inner.too_old_at) else {
+            return Ok(());
+        };
+        let n = self
+            .inner
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= fail_at {
+            // Once too old, every later read fails too, as in FoundationDB.
+            if n == fail_at {
+                f.count_too_old_read();
+            }
+            return Err(Error::TransactionTooOld);
         }
+        Ok(())
     }
 
     #[cfg(not(feature = "testing"))]
