@@ -54,7 +54,7 @@ pub(crate) const SCENARIOS: [Scenario; 3] = [
 ];
 
 impl Scenario {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let keys = if self.keys_per_txn == 1 {
             "1 key/txn".to_string()
         } else {
@@ -180,6 +180,32 @@ pub(crate) async fn run(targets: &[Target], options: Options) -> Result<Report> 
         value_bytes: VALUE_BYTES,
         results,
     })
+}
+
+/// The batched scenario (100 keys per transaction, one task): the store's ceiling for writes
+/// grouped into transactions, which `steward bench queue` compares the queue against.
+pub(crate) const BATCHED: Scenario = SCENARIOS[1];
+
+/// Measures [`BATCHED`] on one store: the ceiling `steward bench queue` prints beside the
+/// queue's throughput. With `clean_up` (a store the user named), its keys are cleared before
+/// and after.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) async fn batched_ceiling(
+    db: &Database,
+    label: &str,
+    options: Options,
+    clean_up: bool,
+) -> Result<ScenarioResult> {
+    if clean_up {
+        clear(db, BATCHED).await?;
+    }
+    let result = run_scenario(db, label, BATCHED, options).await;
+    if clean_up {
+        clear(db, BATCHED).await?;
+    }
+    result
 }
 
 /// Runs one scenario on one store for `options.duration`.
@@ -313,7 +339,7 @@ async fn clear(db: &Database, scenario: Scenario) -> Result<()> {
 }
 
 /// The nearest-rank percentile `p` (0..=1) of sorted nanoseconds, in microseconds.
-fn percentile(sorted_nanos: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted_nanos: &[u64], p: f64) -> f64 {
     if sorted_nanos.is_empty() {
         return 0.0;
     }
@@ -322,7 +348,7 @@ fn percentile(sorted_nanos: &[u64], p: f64) -> f64 {
     sorted_nanos[i] as f64 / 1_000.0
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

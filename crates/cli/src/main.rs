@@ -1,17 +1,20 @@
 //! # `steward`: the command of the Steward job system
 //!
 //! Wires configuration, the store, and (in later issues) the API and the workers together.
-//! Today it has one command, `steward bench store`, the storage benchmark.
+//! Today it has the benchmarks: `steward bench store` (the storage ceiling) and `steward bench
+//! queue` (the queue's throughput beside that ceiling, and fairness between tenants).
 //!
 //! # Layout
 //! - `main.rs`: the command line (clap), logging, the runtime, exit codes;
 //! - [`config`]: settings from flag > environment > config file > default;
-//! - [`bench`]: the storage benchmark, generic over any store.
+//! - [`bench`]: the storage benchmark, generic over any store;
+//! - [`bench_queue`]: the queue benchmark, generic over any store.
 //!
 //! Exit codes: 0 success; 1 a failure at run time; 2 bad usage or configuration (clap's own
 //! errors, an invalid config file or store URL, a backend missing from this build).
 
 mod bench;
+mod bench_queue;
 mod config;
 
 use std::path::PathBuf;
@@ -57,6 +60,16 @@ enum Bench {
     /// directory (disk sync on, as always); on a named store it writes under the key prefix
     /// ("bench",) and clears it afterwards.
     Store(BenchStoreArgs),
+
+    /// Measure the queue's no-op jobs/s beside the store's batched ceiling, and fairness
+    ///
+    /// Throughput: producers enqueue batches of 100 while 16 workers claim up to 32 and complete
+    /// each; the store benchmark's batched scenario runs in the same run, and the ratio of jobs/s
+    /// to its keys/s is reported (target: at least 0.5). Fairness: small tenants' waits for a
+    /// worker with one tenant's 100,000-job flood enqueued first and without it (target: p50
+    /// and p99 ratios at most 2). Without --store it measures both `memory:` and fresh embedded
+    /// stores in a temporary directory (disk sync on every commit, as always).
+    Queue(BenchQueueArgs),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +83,21 @@ struct BenchStoreArgs {
     duration: Duration,
 
     /// A tiny run (0.2 s per scenario), for CI
+    #[arg(long, conflicts_with = "duration")]
+    quick: bool,
+}
+
+#[derive(Debug, Args)]
+struct BenchQueueArgs {
+    /// Print one JSON document instead of tables (and no progress)
+    #[arg(long)]
+    json: bool,
+
+    /// Seconds of the throughput window (and of the store's ceiling scenario)
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// A run of a few seconds, for CI: a 0.3 s window, a 2,000-job flood, a faster pace
     #[arg(long, conflicts_with = "duration")]
     quick: bool,
 }
@@ -99,6 +127,8 @@ enum Failure {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Store(#[from] steward_store::Error),
+    #[error("{0}")]
+    Queue(#[from] steward_queue::Error),
 }
 
 impl Failure {
@@ -109,7 +139,7 @@ impl Failure {
                 steward_store::Error::InvalidUrl { .. }
                 | steward_store::Error::BackendUnavailable { .. },
             ) => ExitCode::from(2),
-            Failure::Store(_) => ExitCode::FAILURE,
+            Failure::Store(_) | Failure::Queue(_) => ExitCode::FAILURE,
         }
     }
 }
@@ -152,7 +182,44 @@ fn init_logging() {
 async fn run(command: Command, settings: &Settings) -> Result<(), Failure> {
     match command {
         Command::Bench(Bench::Store(args)) => bench_store(&args, settings).await,
+        Command::Bench(Bench::Queue(args)) => bench_queue(&args, settings).await,
     }
+}
+
+async fn bench_queue(args: &BenchQueueArgs, settings: &Settings) -> Result<(), Failure> {
+    let params = if args.quick {
+        bench_queue::Params::quick()
+    } else {
+        bench_queue::Params::standard(args.duration)
+    };
+    // Without an explicit store, measure both local backends, each part on a fresh store (the
+    // embedded ones in a temporary directory, removed afterwards).
+    let targets = if settings.store_is_explicit() {
+        vec![bench_queue::Target::named(&settings.store)?]
+    } else {
+        vec![
+            bench_queue::Target::memory(),
+            bench_queue::Target::temp_embedded()?,
+        ]
+    };
+    if !args.json {
+        eprintln!(
+            "steward bench queue: throughput and fairness on {} store(s)",
+            targets.len()
+        );
+    }
+    let report = bench_queue::run(&targets, &params, !args.json).await;
+    drop(targets);
+    let report = report?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(std::io::Error::from)
+            .map_err(steward_store::Error::Io)?;
+        println!("{json}");
+    } else {
+        print!("{}", bench_queue::render_table(&report));
+    }
+    Ok(())
 }
 
 async fn bench_store(args: &BenchStoreArgs, settings: &Settings) -> Result<(), Failure> {

@@ -139,3 +139,70 @@ fn quick_store_bench_without_a_store_measures_memory_and_a_temporary_embedded_st
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     assert!(!work.path().join("steward-data").exists());
 }
+
+#[test]
+fn quick_queue_bench_on_memory_reports_throughput_and_both_fairness_phases() {
+    let out = steward(&["bench", "queue", "--quick", "--json", "--store", "memory:"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert!(
+        report["machine"]["cores"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "{report}");
+    let r = &results[0];
+    assert_eq!(r["store"], "memory:", "{r}");
+    assert!(r["durability"].as_str().unwrap().contains("none"), "{r}");
+    assert!(r["throughput"]["jobs"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["throughput"]["jobs_per_sec"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert_eq!(r["ceiling"]["scenario"], "batch", "{r}");
+    assert!(r["ceiling"]["keys_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ratio_to_ceiling"].as_f64().unwrap() > 0.0, "{r}");
+    let small_jobs = report["params"]["small_tenants"].as_u64().unwrap()
+        * report["params"]["jobs_per_small_tenant"].as_u64().unwrap();
+    let fairness = &r["fairness"];
+    for (phase, flood) in [
+        ("without_flood", 0),
+        ("with_flood", report["params"]["flood"].as_u64().unwrap()),
+    ] {
+        let p = &fairness[phase];
+        assert_eq!(p["small_jobs"].as_u64(), Some(small_jobs), "{phase}: {p}");
+        assert_eq!(p["flood_jobs"].as_u64(), Some(flood), "{phase}: {p}");
+        let (p50, p99) = (
+            p["wait_p50_ms"].as_f64().unwrap(),
+            p["wait_p99_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 <= p50 && p50 <= p99, "{phase}: {p}");
+    }
+    assert!(report["params"]["flood"].as_u64().unwrap() > 0, "{report}");
+    for ratio in ["p50_ratio", "p99_ratio"] {
+        assert!(fairness[ratio].as_f64().unwrap() > 0.0, "{fairness}");
+    }
+    assert!(fairness["target_met"].is_boolean(), "{fairness}");
+}
+
+#[test]
+fn queue_bench_table_names_the_durability_and_both_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("data").display());
+    let out = steward(&["bench", "queue", "--quick", "--store", &url]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for want in [
+        "cores",
+        "disk sync on every commit",
+        "queue jobs/s",
+        "ceiling keys/s",
+        "without flood",
+        "with flood",
+        "p50 ratio",
+    ] {
+        assert!(table.contains(want), "{want} missing from:\n{table}");
+    }
+    assert!(table.contains(&url), "{table}");
+}
