@@ -157,9 +157,9 @@ pub struct Job {
     pub finished_at: Option<i64>,
     /// The current lease, while running.
     pub lease: Option<LeaseInfo>,
-    /// The token of the latest attempt that ended (completed, failed, released, expired): the
-    /// marker that makes a worker's report idempotent when it is retried after
-    /// `commit_unknown_result`.
+    /// The token of the latest attempt its worker reported on (completed, failed, released):
+    /// the marker that makes a worker's report idempotent when it is retried after
+    /// `commit_unknown_result`. A lease that expires does not set it.
     pub ended_token: Option<Uuid>,
     /// A cancellation was asked for while it ran; the worker learns it at its next heartbeat.
     pub cancel_requested: bool,

@@ -10,10 +10,12 @@
 //!   record serializably and writes it, so two of them on one job can never both commit.
 //! - **Fencing**: each attempt gets a fresh token; heartbeat, complete, fail and release read the
 //!   job and refuse a token that is not the current lease's ([`Error::LeaseLost`]).
-//! - **Idempotent reporting**: the token of the last attempt that ended is kept on the job, so a
-//!   report retried after `commit_unknown_result` sees its own marker and succeeds once.
+//! - **Idempotent reporting**: the token of the last attempt its worker reported on is kept on
+//!   the job, so a report retried after `commit_unknown_result` sees its own marker and succeeds
+//!   once. A claim retried after `commit_unknown_result` first looks for the leases of its
+//!   earlier attempts, so a commit that did apply does not strand them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -157,12 +159,25 @@ impl Queue {
             job.id.get_or_insert_with(|| self.ids.next_id());
         }
         let jobs = &jobs;
+        // What the attempts that wrote each job reported it superseded. An attempt that finds
+        // its own job (an earlier attempt committed, `commit_unknown_result`) cannot see that
+        // any more, so it takes the answer of the attempt that wrote the job.
+        let superseded: Mutex<HashMap<Uuid, Option<Uuid>>> = Mutex::new(HashMap::new());
+        let superseded = &superseded;
         self.db
             .transact(|tx, _| async move {
                 let mut out = Vec::with_capacity(jobs.len());
+                let mut wrote = Vec::new();
                 for job in jobs {
-                    out.push(self.enqueue_in(&tx, tenant, job).await?);
+                    let (mut e, found_own) = self.enqueue_one(&tx, tenant, job).await?;
+                    if found_own {
+                        e.superseded = lock(superseded).get(&e.id).copied().flatten();
+                    } else {
+                        wrote.push((e.id, e.superseded));
+                    }
+                    out.push(e);
                 }
+                lock(superseded).extend(wrote);
                 Ok(out)
             })
             .await
@@ -181,16 +196,28 @@ impl Queue {
         tenant: Uuid,
         job: &NewJob,
     ) -> Result<Enqueued> {
+        Ok(self.enqueue_one(tx, tenant, job).await?.0)
+    }
+
+    /// [`Queue::enqueue_in`], also telling whether the job was already there (written by an
+    /// earlier attempt of the same transaction), in which case `superseded` is unknown.
+    async fn enqueue_one(
+        &self,
+        tx: &Transaction,
+        tenant: Uuid,
+        job: &NewJob,
+    ) -> Result<(Enqueued, bool)> {
         validate_new_job(job)?;
         let id = job.id.unwrap_or_else(|| self.ids.next_id());
         let keys = TenantKeys::new(tenant);
         // Our own job already there: an earlier attempt of this enqueue committed.
         if tx.get(&keys.job(id), true).await?.is_some() {
-            return Ok(Enqueued {
+            let found = Enqueued {
                 id,
                 duplicate: false,
                 superseded: None,
-            });
+            };
+            return Ok((found, true));
         }
         let now = self.now();
         if let Some(key) = &job.idempotency_key {
@@ -198,11 +225,12 @@ impl Queue {
             if let Some(existing) = tx.get(&ik, false).await? {
                 let existing = decode_id(&existing, "idempotency key")?;
                 if tx.get(&keys.job(existing), false).await?.is_some() {
-                    return Ok(Enqueued {
+                    let duplicate = Enqueued {
                         id: existing,
                         duplicate: true,
                         superseded: None,
-                    });
+                    };
+                    return Ok((duplicate, false));
                 }
             }
             tx.set(&ik, id.as_bytes());
@@ -264,11 +292,12 @@ impl Queue {
         // Doorbell and wake-up: blind writes, so enqueues never conflict with claims.
         tx.set(&keys::active_tenant(tenant), b"");
         tx.add(&keys::wake(wake_shard(tenant)), 1);
-        Ok(Enqueued {
+        let created = Enqueued {
             id,
             duplicate: false,
             superseded,
-        })
+        };
+        Ok((created, false))
     }
 
     // ------------------------------------------------------------------------------- claim
@@ -284,14 +313,39 @@ impl Queue {
         if req.lease < Duration::from_millis(100) {
             return Err(Error::invalid("lease", "must be at least 100 ms"));
         }
+        // The name is kept on the job record, which must stay within the store's value limit.
+        if req.worker.len() > MAX_KEY_LEN {
+            return Err(Error::invalid(
+                "worker",
+                format!("must be at most {MAX_KEY_LEN} bytes"),
+            ));
+        }
         if req.kinds.as_ref().is_some_and(Vec::is_empty) {
             return Err(Error::invalid(
                 "kinds",
                 "must not be empty (omit it for any kind)",
             ));
         }
+        // The leases every attempt of this call handed out. A claim's transaction is not
+        // idempotent by itself: when a commit reports `commit_unknown_result` but did apply,
+        // a plain retry would claim other jobs and strand the first ones under tokens no worker
+        // holds, until their leases expire and cost them an attempt. So a retry that may follow
+        // a commit first looks for the earlier leases (tokens are unique per attempt).
+        let earlier: Mutex<Vec<Lease>> = Mutex::new(Vec::new());
+        let earlier = &earlier;
         self.db
-            .transact(|tx, _| async move { self.claim_in(&tx, req).await })
+            .transact(|tx, maybe_committed| async move {
+                if maybe_committed.0 {
+                    let tried = lock(earlier).clone();
+                    let held = still_held(&tx, tried).await?;
+                    if !held.is_empty() {
+                        return Ok(held);
+                    }
+                }
+                let leases = self.claim_in(&tx, req).await?;
+                lock(earlier).extend(leases.iter().cloned());
+                Ok(leases)
+            })
             .await
     }
 
@@ -461,7 +515,9 @@ impl Queue {
                 continue;
             }
             let mut next = job.clone();
-            next.ended_token = job.lease.as_ref().map(|l| l.token);
+            // `ended_token` is not set: it marks a *report* of the worker as applied, and an
+            // expiry is no report. Setting it here made the expired worker's late `fail` or
+            // `release` look like its own retried report and succeed instead of LeaseLost.
             next.lease = None;
             if job.cancel_requested {
                 next.cancel_reason = Some(CancelReason::Requested);
@@ -757,14 +813,19 @@ impl Queue {
         let mut total = 0;
         loop {
             let page_opt = cursor.clone().limit(BULK_CHUNK);
+            // Jobs an earlier attempt of this chunk cancelled: after `commit_unknown_result`
+            // the retry finds them cancelled already and still counts them.
+            let changed: Mutex<BTreeSet<Uuid>> = Mutex::new(BTreeSet::new());
+            let changed = &changed;
             let (count, next) = self
                 .db
-                .transact(|tx, _| {
+                .transact(|tx, maybe_committed| {
                     let page_opt = page_opt.clone();
                     let keys = keys.clone();
                     async move {
                         let page = tx.get_range(&page_opt).await?;
                         let mut count = 0;
+                        let mut mine = Vec::new();
                         for kv in &page.kvs {
                             let Some(id) = keys.parse_session(&kv.key) else {
                                 continue;
@@ -773,11 +834,16 @@ impl Queue {
                                 continue;
                             };
                             if job.state.is_terminal() || job.cancel_requested {
+                                if maybe_committed.0 && lock(changed).contains(&id) {
+                                    count += 1;
+                                }
                                 continue;
                             }
                             self.cancel_in(&tx, tenant, id).await?;
                             count += 1;
+                            mine.push(id);
                         }
+                        lock(changed).extend(mine);
                         Ok::<_, Error>((count, page.next_page(&page_opt)))
                     }
                 })
@@ -796,10 +862,15 @@ impl Queue {
     /// [`Error::InvalidState`] unless the job is dead; [`Error::NotFound`].
     pub async fn replay(&self, tenant: Uuid, id: Uuid) -> Result<()> {
         self.db
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let keys = TenantKeys::new(tenant);
                 let job = load_required(&tx, &keys, id).await?;
                 if job.state != JobState::Dead {
+                    // An earlier attempt may have replayed it (`commit_unknown_result`): the job
+                    // is no longer dead, which is what was asked, so that is not an error.
+                    if maybe_committed.0 {
+                        return Ok(());
+                    }
                     return Err(Error::InvalidState {
                         job: id,
                         state: job.state,
@@ -841,14 +912,29 @@ impl Queue {
         while total < limit {
             let page_opt = cursor.clone().limit(BULK_CHUNK);
             let remaining = limit - total;
+            // Jobs an earlier attempt of this chunk replayed. After `commit_unknown_result` they
+            // have left the dead index, so the retry would replay as many others (past
+            // `limit`) and not count them: it counts those no longer dead instead.
+            let replayed: Mutex<BTreeSet<Uuid>> = Mutex::new(BTreeSet::new());
+            let replayed = &replayed;
             let (count, next) = self
                 .db
-                .transact(|tx, _| {
+                .transact(|tx, maybe_committed| {
                     let page_opt = page_opt.clone();
                     let keys = keys.clone();
                     async move {
-                        let page = tx.get_range(&page_opt).await?;
                         let mut count = 0;
+                        if maybe_committed.0 {
+                            let tried = lock(replayed).clone();
+                            for id in tried {
+                                let job = load(&tx, &keys, id).await?;
+                                if job.is_some_and(|j| j.state != JobState::Dead) {
+                                    count += 1;
+                                }
+                            }
+                        }
+                        let page = tx.get_range(&page_opt).await?;
+                        let mut mine = Vec::new();
                         for kv in &page.kvs {
                             if count >= remaining {
                                 break;
@@ -864,7 +950,9 @@ impl Queue {
                             }
                             self.replay_in(&tx, &keys, &job)?;
                             count += 1;
+                            mine.push(id);
                         }
+                        lock(replayed).extend(mine);
                         Ok::<_, Error>((count, page.next_page(&page_opt)))
                     }
                 })
@@ -949,12 +1037,25 @@ impl Queue {
     async fn prune_chunk(&self, tenant: Uuid, state: JobState, before: i64) -> Result<usize> {
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
+        // Jobs an earlier attempt deleted: after `commit_unknown_result` they are gone from the
+        // index the retry reads, so it counts those whose record is gone instead.
+        let deleted: Mutex<BTreeSet<Uuid>> = Mutex::new(BTreeSet::new());
+        let deleted = &deleted;
         self.db
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
+                let mut n = 0;
+                if maybe_committed.0 {
+                    let tried = lock(deleted).clone();
+                    for id in tried {
+                        if load(&tx, keys, id).await?.is_none() {
+                            n += 1;
+                        }
+                    }
+                }
                 let page = tx
                     .get_range(&keys.state_index_before(state, before).limit(BULK_CHUNK))
                     .await?;
-                let mut n = 0;
+                let mut mine = Vec::new();
                 for kv in &page.kvs {
                     let Some((_, id)) = keys.parse_state_index(&kv.key) else {
                         continue;
@@ -968,7 +1069,9 @@ impl Queue {
                         continue;
                     }
                     self.delete_job(&tx, keys, &job).await?;
+                    mine.push(id);
                 }
+                lock(deleted).extend(mine);
                 Ok(n)
             })
             .await
@@ -1086,8 +1189,39 @@ fn schedule(job: &mut Job, run_at: i64, now: i64) {
     }
 }
 
+/// Longest error message kept, in bytes of its JSON form. [`MAX_KEPT_ERRORS`] of them must fit,
+/// with every other field, in the room [`MAX_ARGS_BYTES`] leaves in a record: a record that
+/// cannot be saved would make the worker's report fail and, worse, abort every claim that
+/// tries to rescue its expired lease.
+const MAX_ERROR_JSON_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_ERROR_JSON_BYTES`] of JSON, counting what serde_json escapes (quotes,
+/// backslashes, control characters) at its escaped size.
+fn truncate_error(message: &str) -> String {
+    const MARK: &str = "…";
+    let json_len = |c: char| match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    if message.chars().map(json_len).sum::<usize>() <= MAX_ERROR_JSON_BYTES {
+        return message.to_string();
+    }
+    let mut out = String::new();
+    let mut used = MARK.len();
+    for c in message.chars() {
+        used += json_len(c);
+        if used > MAX_ERROR_JSON_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out.push_str(MARK);
+    out
+}
+
 fn push_error(job: &mut Job, now: i64, message: &str) {
-    let message: String = message.chars().take(4096).collect();
+    let message = truncate_error(message);
     job.errors.push(AttemptError {
         attempt: job.attempt,
         at: now,
@@ -1097,6 +1231,25 @@ fn push_error(job: &mut Job, now: i64, message: &str) {
         let extra = job.errors.len() - MAX_KEPT_ERRORS;
         job.errors.drain(..extra);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The leases of `leases` that are still the current lease of their job (read serializably):
+/// those of an earlier attempt of a claim that did commit.
+async fn still_held(tx: &Transaction, leases: Vec<Lease>) -> Result<Vec<Lease>> {
+    let mut held = Vec::new();
+    for lease in leases {
+        let keys = TenantKeys::new(lease.tenant);
+        if let Some(job) = load(tx, &keys, lease.job_id).await? {
+            if check_fence(&job, &lease).is_ok() {
+                held.push(lease);
+            }
+        }
+    }
+    Ok(held)
 }
 
 fn check_fence(job: &Job, lease: &Lease) -> Result<()> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use steward_store::{decode_counter, RangeOption};
+use steward_store::{decode_counter, RangeOption, Transaction};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -76,8 +76,12 @@ impl Queue {
     /// # Errors
     /// Store errors; [`Error::Corrupt`].
     pub async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<Job>> {
-        let tx = self.db().create_transaction()?;
-        load(&tx, &TenantKeys::new(tenant), id).await
+        let keys = &TenantKeys::new(tenant);
+        // Reads run in the retry loop too: a read can fail with a retryable error
+        // (`transaction_too_old`, `process_behind`), which must not reach the caller.
+        self.db()
+            .transact(|tx, _| async move { load(&tx, keys, id).await })
+            .await
     }
 
     /// Lists jobs of `tenant`, newest index order per filter: by session (job id order), by
@@ -108,44 +112,10 @@ impl Queue {
             }
             range.begin = steward_store::key_after(&after);
         }
-        let tx = self.db().create_transaction()?;
-        let page = tx
-            .get_range(&range.clone().limit(limit * SCAN_FACTOR).snapshot())
-            .await?;
-        let mut jobs = Vec::new();
-        let mut last_key = None;
-        for kv in &page.kvs {
-            last_key = Some(kv.key.clone());
-            let id = match (filter.session, filter.state) {
-                (Some(_), _) => keys.parse_session(&kv.key),
-                (None, Some(_)) => keys.parse_state_index(&kv.key).map(|(_, id)| id),
-                (None, None) => keys.job_id_of(&kv.key),
-            };
-            let job = match (filter.session, filter.state) {
-                (None, None) => serde_json::from_slice::<Job>(&kv.value).ok(),
-                _ => match id {
-                    Some(id) => load(&tx, &keys, id).await?,
-                    None => None,
-                },
-            };
-            let Some(job) = job else { continue };
-            if filter.state.is_some_and(|s| s != job.state)
-                || filter.kind.as_ref().is_some_and(|k| *k != job.kind)
-            {
-                continue;
-            }
-            jobs.push(job);
-            if jobs.len() == limit {
-                break;
-            }
-        }
-        let exhausted = !page.more && jobs.len() < limit;
-        let next_cursor = if exhausted {
-            None
-        } else {
-            last_key.map(|k| encode_cursor(&k))
-        };
-        Ok(Page { jobs, next_cursor })
+        let (range, keys) = (&range, &keys);
+        self.db()
+            .transact(|tx, _| async move { list_in(&tx, keys, filter, range, limit).await })
+            .await
     }
 
     /// Jobs of `tenant` per state (summed over counter shards).
@@ -153,19 +123,10 @@ impl Queue {
     /// # Errors
     /// Store errors.
     pub async fn counts(&self, tenant: Uuid) -> Result<BTreeMap<JobState, i64>> {
-        let keys = TenantKeys::new(tenant);
-        let tx = self.db().create_transaction()?;
-        let mut out = BTreeMap::new();
-        for state in JobState::ALL {
-            let shards = tx.get_range(&keys.counters(state).snapshot()).await?;
-            let n: i64 = shards
-                .kvs
-                .iter()
-                .map(|kv| decode_counter(Some(&kv.value)))
-                .sum();
-            out.insert(state, n);
-        }
-        Ok(out)
+        let keys = &TenantKeys::new(tenant);
+        self.db()
+            .transact(|tx, _| async move { counts_in(&tx, keys).await })
+            .await
     }
 
     /// Waits until the job is finished (completed, cancelled or dead) or `timeout` passes, and
@@ -174,16 +135,22 @@ impl Queue {
     /// # Errors
     /// [`Error::NotFound`]; store errors.
     pub async fn wait(&self, tenant: Uuid, id: Uuid, timeout: Duration) -> Result<Job> {
-        let keys = TenantKeys::new(tenant);
+        let keys = &TenantKeys::new(tenant);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let tx = self.db().create_transaction()?;
-            let job = load(&tx, &keys, id).await?.ok_or(Error::NotFound(id))?;
-            if job.state.is_terminal() {
+            // The watch is set in the transaction that read the job, so no change after that
+            // read can be missed.
+            let (job, watch) = self
+                .db()
+                .transact(|tx, _| async move {
+                    let job = load(&tx, keys, id).await?.ok_or(Error::NotFound(id))?;
+                    let watch = (!job.state.is_terminal()).then(|| tx.watch(&keys.job(id)));
+                    Ok::<_, Error>((job, watch))
+                })
+                .await?;
+            let Some(watch) = watch else {
                 return Ok(job);
-            }
-            let watch = tx.watch(&keys.job(id));
-            tx.commit().await?;
+            };
             match tokio::time::timeout_at(deadline, watch).await {
                 Err(_) => return Ok(job),
                 Ok(Ok(())) => {}
@@ -206,46 +173,11 @@ impl Queue {
     /// # Errors
     /// [`Error::NotFound`]; store errors.
     pub async fn why_waiting(&self, tenant: Uuid, id: Uuid) -> Result<WaitReason> {
-        let keys = TenantKeys::new(tenant);
-        let tx = self.db().create_transaction()?;
-        let job = load(&tx, &keys, id).await?.ok_or(Error::NotFound(id))?;
-        let paused: Vec<String> = tx
-            .get_range_all(&keys.pauses().snapshot())
-            .await?
-            .iter()
-            .filter_map(|kv| keys.parse_pause(&kv.key))
-            .collect();
-        let waiting = matches!(job.state, JobState::Queued | JobState::Scheduled);
-        if !waiting {
-            return Ok(WaitReason::NotWaiting { state: job.state });
-        }
-        if paused.iter().any(|k| k == ALL_KINDS) {
-            return Ok(WaitReason::Paused { kind: None });
-        }
-        if paused.contains(&job.kind) {
-            return Ok(WaitReason::Paused {
-                kind: Some(job.kind),
-            });
-        }
-        if job.state == JobState::Scheduled && job.run_at > self.now() {
-            return Ok(WaitReason::Scheduled { run_at: job.run_at });
-        }
-        let mine = keys.ready(&job.kind, job.priority, job.run_at, job.id);
-        let ahead_range = RangeOption::new(keys.ready_of_kind(&job.kind).begin, mine)
-            .limit(MAX_AHEAD_COUNT)
-            .snapshot();
-        let ahead = tx.get_range(&ahead_range).await?;
-        let running = self
-            .counts(tenant)
-            .await?
-            .get(&JobState::Running)
-            .copied()
-            .unwrap_or(0);
-        Ok(WaitReason::Queued {
-            ahead: ahead.kvs.len(),
-            ahead_capped: ahead.more,
-            running,
-        })
+        let keys = &TenantKeys::new(tenant);
+        let now = self.now();
+        self.db()
+            .transact(|tx, _| async move { why_waiting_in(&tx, keys, id, now).await })
+            .await
     }
 
     /// Waits until an enqueue (or a resume or replay) may have made work available, or
@@ -269,11 +201,117 @@ fn encode_cursor(key: &[u8]) -> String {
 
 fn decode_cursor(c: &str) -> Result<Vec<u8>> {
     let bad = || Error::invalid("cursor", "is not a cursor returned by a previous page");
-    if c.len() % 2 != 0 || c.len() > 2048 {
+    if !c.len().is_multiple_of(2) || c.len() > 2048 {
         return Err(bad());
     }
     (0..c.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&c[i..i + 2], 16).map_err(|_| bad()))
         .collect()
+}
+
+/// One page of [`Queue::list`], in one transaction.
+async fn list_in(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    filter: &ListFilter,
+    range: &RangeOption,
+    limit: usize,
+) -> Result<Page> {
+    let page = tx
+        .get_range(&range.clone().limit(limit * SCAN_FACTOR).snapshot())
+        .await?;
+    let mut jobs = Vec::new();
+    let mut last_key = None;
+    for kv in &page.kvs {
+        last_key = Some(kv.key.clone());
+        let id = match (filter.session, filter.state) {
+            (Some(_), _) => keys.parse_session(&kv.key),
+            (None, Some(_)) => keys.parse_state_index(&kv.key).map(|(_, id)| id),
+            (None, None) => keys.job_id_of(&kv.key),
+        };
+        let job = match (filter.session, filter.state) {
+            (None, None) => serde_json::from_slice::<Job>(&kv.value).ok(),
+            _ => match id {
+                Some(id) => load(tx, keys, id).await?,
+                None => None,
+            },
+        };
+        let Some(job) = job else { continue };
+        if filter.state.is_some_and(|s| s != job.state)
+            || filter.kind.as_ref().is_some_and(|k| *k != job.kind)
+        {
+            continue;
+        }
+        jobs.push(job);
+        if jobs.len() == limit {
+            break;
+        }
+    }
+    let exhausted = !page.more && jobs.len() < limit;
+    let next_cursor = if exhausted {
+        None
+    } else {
+        last_key.map(|k| encode_cursor(&k))
+    };
+    Ok(Page { jobs, next_cursor })
+}
+
+async fn counts_in(tx: &Transaction, keys: &TenantKeys) -> Result<BTreeMap<JobState, i64>> {
+    let mut out = BTreeMap::new();
+    for state in JobState::ALL {
+        let shards = tx.get_range(&keys.counters(state).snapshot()).await?;
+        let n: i64 = shards
+            .kvs
+            .iter()
+            .map(|kv| decode_counter(Some(&kv.value)))
+            .sum();
+        out.insert(state, n);
+    }
+    Ok(out)
+}
+
+async fn why_waiting_in(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    id: Uuid,
+    now: i64,
+) -> Result<WaitReason> {
+    let job = load(tx, keys, id).await?.ok_or(Error::NotFound(id))?;
+    let paused: Vec<String> = tx
+        .get_range_all(&keys.pauses().snapshot())
+        .await?
+        .iter()
+        .filter_map(|kv| keys.parse_pause(&kv.key))
+        .collect();
+    let waiting = matches!(job.state, JobState::Queued | JobState::Scheduled);
+    if !waiting {
+        return Ok(WaitReason::NotWaiting { state: job.state });
+    }
+    if paused.iter().any(|k| k == ALL_KINDS) {
+        return Ok(WaitReason::Paused { kind: None });
+    }
+    if paused.contains(&job.kind) {
+        return Ok(WaitReason::Paused {
+            kind: Some(job.kind),
+        });
+    }
+    if job.state == JobState::Scheduled && job.run_at > now {
+        return Ok(WaitReason::Scheduled { run_at: job.run_at });
+    }
+    let mine = keys.ready(&job.kind, job.priority, job.run_at, job.id);
+    let ahead_range = RangeOption::new(keys.ready_of_kind(&job.kind).begin, mine)
+        .limit(MAX_AHEAD_COUNT)
+        .snapshot();
+    let ahead = tx.get_range(&ahead_range).await?;
+    let running = counts_in(tx, keys)
+        .await?
+        .get(&JobState::Running)
+        .copied()
+        .unwrap_or(0);
+    Ok(WaitReason::Queued {
+        ahead: ahead.kvs.len(),
+        ahead_capped: ahead.more,
+        running,
+    })
 }
