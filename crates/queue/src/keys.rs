@@ -15,6 +15,10 @@
 //! ("t", T, "q", "pause", KIND | "*")                   -> ""    paused kind / whole tenant
 //! ("g", "qactive", T)                                  -> ""    tenant may have queued, scheduled or running jobs
 //! ("g", "qwake", SHARD)                                -> i64   bumped by enqueues; idle workers watch it
+//! ("t", T, "q", "cron",  NAME)                         -> CronSchedule (JSON)
+//! ("t", T, "q", "tick",  NAME, FIRE)                   -> TickRecord: fired / skipped / coalesced
+//! ("g", "cron", NAME) / ("g", "crontick", NAME, FIRE)  -> the same for system schedules
+//! ("g", "cronidx", FIRE, T | nil, NAME)                -> ""    schedules by next tick
 //! ```
 //!
 //! Times are i64 microseconds since the epoch; ids are UUIDv7 (tuple UUID type).
@@ -215,6 +219,82 @@ pub(crate) fn parse_active_tenant(key: &[u8]) -> Option<Uuid> {
 /// One shard of the wake counter.
 pub(crate) fn wake(shard: u8) -> Vec<u8> {
     pack(&("g", "qwake", u16::from(shard)))
+}
+
+/// Where a cron schedule lives: in a tenant, or system-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CronScope {
+    Tenant(Uuid),
+    System,
+}
+
+impl CronScope {
+    pub(crate) fn of(tenant: Option<Uuid>) -> Self {
+        tenant.map_or(CronScope::System, CronScope::Tenant)
+    }
+
+    /// The scope as it appears in the global index (the nil UUID for system schedules).
+    fn index_id(&self) -> Uuid {
+        match self {
+            CronScope::Tenant(t) => *t,
+            CronScope::System => Uuid::nil(),
+        }
+    }
+
+    /// A stable text tag, for derived ids.
+    pub(crate) fn tag(&self) -> String {
+        match self {
+            CronScope::Tenant(t) => t.to_string(),
+            CronScope::System => "system".to_string(),
+        }
+    }
+}
+
+/// A schedule: `("t", T, "q", "cron", NAME)` or `("g", "cron", NAME)`.
+pub(crate) fn cron_schedule(scope: &CronScope, name: &str) -> Vec<u8> {
+    match scope {
+        CronScope::Tenant(t) => pack(&("t", *t, "q", "cron", name)),
+        CronScope::System => pack(&("g", "cron", name)),
+    }
+}
+
+/// A tick record: `("t", T, "q", "tick", NAME, FIRE)` or `("g", "crontick", NAME, FIRE)`.
+pub(crate) fn cron_tick(scope: &CronScope, name: &str, fire: i64) -> Vec<u8> {
+    match scope {
+        CronScope::Tenant(t) => pack(&("t", *t, "q", "tick", name, fire)),
+        CronScope::System => pack(&("g", "crontick", name, fire)),
+    }
+}
+
+/// Every tick record of a schedule.
+pub(crate) fn cron_ticks(scope: &CronScope, name: &str) -> RangeOption {
+    match scope {
+        CronScope::Tenant(t) => prefix(&pack(&("t", *t, "q", "tick", name))),
+        CronScope::System => prefix(&pack(&("g", "crontick", name))),
+    }
+}
+
+/// The global index of schedules by next tick: `("g", "cronidx", FIRE, SCOPE, NAME)`.
+pub(crate) fn cron_index(fire: i64, scope: &CronScope, name: &str) -> Vec<u8> {
+    pack(&("g", "cronidx", fire, scope.index_id(), name))
+}
+
+/// Index entries due at or before `now`.
+pub(crate) fn cron_due(now: i64) -> RangeOption {
+    RangeOption::new(
+        pack(&("g", "cronidx")),
+        pack(&("g", "cronidx", now.saturating_add(1))),
+    )
+}
+
+pub(crate) fn parse_cron_index(key: &[u8]) -> Option<(i64, CronScope, String)> {
+    let (_, _, fire, scope, name): (String, String, i64, Uuid, String) = unpack(key).ok()?;
+    let scope = if scope.is_nil() {
+        CronScope::System
+    } else {
+        CronScope::Tenant(scope)
+    };
+    Some((fire, scope, name))
 }
 
 fn prefix(p: &[u8]) -> RangeOption {

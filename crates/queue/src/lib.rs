@@ -37,6 +37,7 @@
 //! `steward-models`; no backend other than through `steward-store`'s `Database`.
 
 mod config;
+mod cron;
 mod error;
 mod job;
 mod keys;
@@ -46,6 +47,10 @@ mod read;
 pub use crate::config::{
     QueueConfig, RetryPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_DEAD_RETENTION,
     DEFAULT_FINISHED_RETENTION, DEFAULT_LEASE, DEFAULT_TENANTS_PER_CLAIM,
+};
+pub use crate::cron::{
+    parse_expression, CronSchedule, MissedPolicy, OverlapPolicy, ScheduleSpec, Scheduler,
+    TickOutcome, TickRecord, DEFAULT_MISFIRE_GRACE, FANOUT_KIND, SYSTEM_TENANT,
 };
 pub use crate::error::{Error, Result};
 pub use crate::job::{

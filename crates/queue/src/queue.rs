@@ -1337,7 +1337,7 @@ fn validate_kind(kind: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_new_job(job: &NewJob) -> Result<()> {
+pub(crate) fn validate_new_job(job: &NewJob) -> Result<()> {
     validate_kind(&job.kind)?;
     if job.max_attempts == 0 || job.max_attempts > 1000 {
         return Err(Error::invalid("max_attempts", "must be 1 to 1000"));
