@@ -159,3 +159,65 @@ mod tests {
         assert!(e.contains("queue.dead_retention"), "{e}");
     }
 }
+
+/// Default weight of a tenant in the fair share of claims.
+pub const DEFAULT_TENANT_WEIGHT: u32 = 1;
+/// Largest tenant weight.
+pub const MAX_TENANT_WEIGHT: u32 = 1000;
+/// Largest per-tenant maximum of running jobs (each running job holds one slot key).
+pub const MAX_RUNNING_LIMIT: u32 = 10_000;
+
+/// A tenant's queue settings, stored with its queue. The records crate's plans set them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TenantQueueConfig {
+    /// Share of claims relative to other tenants with work (1 to 1000).
+    pub weight: u32,
+    /// Most jobs running at once, across all workers; `None` for no limit.
+    pub max_running: Option<u32>,
+    /// Most unfinished (queued, scheduled, running) jobs; beyond it enqueue is refused.
+    pub max_queued: Option<u64>,
+    /// Most bytes of arguments of unfinished jobs; beyond it enqueue is refused.
+    pub max_queued_bytes: Option<u64>,
+}
+
+impl Default for TenantQueueConfig {
+    fn default() -> Self {
+        TenantQueueConfig {
+            weight: DEFAULT_TENANT_WEIGHT,
+            max_running: None,
+            max_queued: None,
+            max_queued_bytes: None,
+        }
+    }
+}
+
+impl TenantQueueConfig {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field and its bound.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_TENANT_WEIGHT).contains(&self.weight) {
+            return Err(Error::invalid(
+                "weight",
+                format!("must be 1 to {MAX_TENANT_WEIGHT}"),
+            ));
+        }
+        if self
+            .max_running
+            .is_some_and(|m| !(1..=MAX_RUNNING_LIMIT).contains(&m))
+        {
+            return Err(Error::invalid(
+                "max_running",
+                format!("must be 1 to {MAX_RUNNING_LIMIT}"),
+            ));
+        }
+        if self.max_queued == Some(0) {
+            return Err(Error::invalid("max_queued", "must be at least 1"));
+        }
+        if self.max_queued_bytes == Some(0) {
+            return Err(Error::invalid("max_queued_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -23,6 +23,16 @@ pub enum Error {
         /// What is wrong and what is accepted.
         message: String,
     },
+    /// Admission control: the tenant is at a limit of its queue configuration.
+    #[error("refused: the tenant is at its {limit} limit of {max} ({current} now)")]
+    Refused {
+        /// The limit (`max_queued` or `max_queued_bytes`).
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+        /// The tenant's current amount.
+        current: u64,
+    },
     /// No such job in this tenant.
     #[error("job {0} not found")]
     NotFound(Uuid),

@@ -179,6 +179,12 @@ pub struct Job {
     pub supersede_key: Option<String>,
     /// The job that superseded it.
     pub superseded_by: Option<Uuid>,
+    /// The concurrency slot held while running, when the tenant has a `max_running` limit.
+    #[serde(default)]
+    pub slot: Option<u32>,
+    /// Bytes of the JSON arguments (counted against the tenant's `max_queued_bytes`).
+    #[serde(default)]
+    pub args_bytes: u64,
 }
 
 /// Defaults of a new job.

@@ -13,7 +13,10 @@
 //! ("t", T, "q", "sup",   KEY)                          -> JOB   newest job of a supersede key
 //! ("t", T, "q", "cnt",   STATE, SHARD)                 -> i64   jobs per state (atomic add, sharded)
 //! ("t", T, "q", "pause", KIND | "*")                   -> ""    paused kind / whole tenant
-//! ("g", "qactive", T)                                  -> ""    tenant may have queued, scheduled or running jobs
+//! ("t", T, "q", "cfg")                                 -> TenantQueueConfig (weight, limits)
+//! ("t", T, "q", "slot",  I)                            -> JOB   concurrency slot, I < max_running
+//! ("t", T, "q", "bytes", SHARD)                        -> i64   argument bytes of unfinished jobs
+//! ("g", "qactive", SPREAD(T), T)                       -> ""    tenant may have queued, scheduled or running jobs
 //! ("g", "qwake", SHARD)                                -> i64   bumped by enqueues; idle workers watch it
 //! ("t", T, "q", "cron",  NAME)                         -> CronSchedule (JSON)
 //! ("t", T, "q", "tick",  NAME, FIRE)                   -> TickRecord: fired / skipped / coalesced
@@ -179,6 +182,34 @@ impl TenantKeys {
         prefix(&self.q.pack(&("cnt", state.as_str())))
     }
 
+    /// The tenant's queue settings (weight, limits).
+    pub(crate) fn config(&self) -> Vec<u8> {
+        self.q.pack(&("cfg",))
+    }
+
+    /// A concurrency slot: `("t", T, "q", "slot", I) -> JOB`, `0 <= I < max_running`.
+    pub(crate) fn slot(&self, i: u32) -> Vec<u8> {
+        self.q.pack(&("slot", i))
+    }
+
+    /// Slots `0 .. max`.
+    pub(crate) fn slots(&self, max: u32) -> RangeOption {
+        RangeOption::new(self.q.pack(&("slot", 0u32)), self.q.pack(&("slot", max)))
+    }
+
+    pub(crate) fn parse_slot(&self, key: &[u8]) -> Option<u32> {
+        self.q.unpack::<(String, u32)>(key).ok().map(|(_, i)| i)
+    }
+
+    /// One shard of the bytes of arguments of unfinished jobs.
+    pub(crate) fn bytes_counter(&self, shard: u8) -> Vec<u8> {
+        self.q.pack(&("bytes", u16::from(shard)))
+    }
+
+    pub(crate) fn bytes_counters(&self) -> RangeOption {
+        prefix(&self.q.pack(&("bytes",)))
+    }
+
     pub(crate) fn pause(&self, kind: &str) -> Vec<u8> {
         self.q.pack(&("pause", kind))
     }
@@ -192,28 +223,39 @@ impl TenantKeys {
     }
 }
 
-/// The tenant's entry in the index of tenants that may have work.
-pub(crate) fn active_tenant(tenant: Uuid) -> Vec<u8> {
-    pack(&("g", "qactive", tenant))
+/// Where a tenant sits in the active index: a uniform 64-bit mix of its id, so a random point
+/// of the index is a uniformly random tenant even though UUIDv7 ids cluster by time.
+pub(crate) fn spread(tenant: Uuid) -> u64 {
+    let (hi, lo) = tenant.as_u64_pair();
+    let mut z = hi ^ lo.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+    // splitmix64's finalizer.
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
-/// All tenants that may have work, from `start` (wrapping is the caller's job).
-pub(crate) fn active_tenants_from(start: Uuid) -> RangeOption {
+/// The tenant's entry in the index of tenants that may have work.
+pub(crate) fn active_tenant(tenant: Uuid) -> Vec<u8> {
+    pack(&("g", "qactive", spread(tenant), tenant))
+}
+
+/// Tenants that may have work, from the point `start` of the index (wrapping is the caller's).
+pub(crate) fn active_tenants_from(start: u64) -> RangeOption {
     RangeOption::new(
         pack(&("g", "qactive", start)),
         strinc(&pack(&("g", "qactive"))),
     )
 }
 
-/// All tenants that may have work, before `end`.
-pub(crate) fn active_tenants_before(end: Uuid) -> RangeOption {
+/// Tenants that may have work, before the point `end` of the index.
+pub(crate) fn active_tenants_before(end: u64) -> RangeOption {
     RangeOption::new(pack(&("g", "qactive")), pack(&("g", "qactive", end)))
 }
 
 pub(crate) fn parse_active_tenant(key: &[u8]) -> Option<Uuid> {
-    unpack::<(String, String, Uuid)>(key)
+    unpack::<(String, String, u64, Uuid)>(key)
         .ok()
-        .map(|(_, _, t)| t)
+        .map(|(_, _, _, t)| t)
 }
 
 /// One shard of the wake counter.

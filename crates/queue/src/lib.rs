@@ -45,8 +45,9 @@ mod queue;
 mod read;
 
 pub use crate::config::{
-    QueueConfig, RetryPolicy, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_DEAD_RETENTION,
-    DEFAULT_FINISHED_RETENTION, DEFAULT_LEASE, DEFAULT_TENANTS_PER_CLAIM,
+    QueueConfig, RetryPolicy, TenantQueueConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP,
+    DEFAULT_DEAD_RETENTION, DEFAULT_FINISHED_RETENTION, DEFAULT_LEASE, DEFAULT_TENANTS_PER_CLAIM,
+    DEFAULT_TENANT_WEIGHT, MAX_RUNNING_LIMIT, MAX_TENANT_WEIGHT,
 };
 pub use crate::cron::{
     parse_expression, CronSchedule, MissedPolicy, OverlapPolicy, ScheduleSpec, Scheduler,

@@ -21,10 +21,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use steward_store::limits::MAX_VALUE_SIZE;
-use steward_store::{Database, IdGenerator, RangeOption, Transaction};
+use steward_store::{Database, IdGenerator, RangeOption, RunOptions, Transaction};
 use uuid::Uuid;
 
-use crate::config::QueueConfig;
+use crate::config::{QueueConfig, TenantQueueConfig};
 use crate::error::{Error, Result};
 use crate::job::{
     AttemptError, CancelReason, DeadReason, Enqueued, Heartbeat, Job, JobState, Lease, LeaseInfo,
@@ -42,6 +42,27 @@ pub const MAX_ARGS_BYTES: usize = MAX_VALUE_SIZE - 16 * 1024;
 pub const MAX_BATCH: usize = 1000;
 /// Jobs handled per transaction by bulk operations (cancel a session, replay, prune).
 const BULK_CHUNK: usize = 100;
+/// A claim reads `need * CLAIM_WINDOW_FACTOR` ready entries per kind (within the bounds
+/// below) and takes a random block of them: the wider, the fewer collisions between workers.
+const CLAIM_WINDOW_FACTOR: usize = 16;
+const CLAIM_WINDOW_MIN: usize = 64;
+const CLAIM_WINDOW_MAX: usize = 1024;
+/// Claims retry conflicts quickly: a conflict only means another worker took a job first.
+const CLAIM_RETRY: RunOptions = RunOptions {
+    max_attempts: Some(steward_store::DEFAULT_MAX_ATTEMPTS),
+    initial_backoff: Duration::from_millis(1),
+    max_backoff: Duration::from_millis(100),
+};
+
+/// What a claim's visit to a tenant found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TenantVisit {
+    /// It gave its whole quota and has more runnable jobs.
+    Full,
+    /// It has nothing more to give now.
+    Drained,
+}
+
 /// Expired leases rescued and due jobs promoted per tenant per claim.
 const MAINTENANCE_PER_CLAIM: usize = 16;
 
@@ -235,6 +256,7 @@ impl Queue {
             }
             tx.set(&ik, id.as_bytes());
         }
+        self.admit(tx, &keys, job).await?;
         let mut superseded = None;
         if let Some(key) = &job.supersede_key {
             let sk = keys.supersede(key);
@@ -284,6 +306,8 @@ impl Queue {
             idempotency_key: job.idempotency_key.clone(),
             supersede_key: job.supersede_key.clone(),
             superseded_by: None,
+            slot: None,
+            args_bytes: args_len(&job.args),
         };
         self.save(tx, &keys, None, &record)?;
         if let Some(session) = job.session_id {
@@ -334,7 +358,7 @@ impl Queue {
         let earlier: Mutex<Vec<Lease>> = Mutex::new(Vec::new());
         let earlier = &earlier;
         self.db
-            .transact(|tx, maybe_committed| async move {
+            .transact_with(&CLAIM_RETRY, |tx, maybe_committed| async move {
                 if maybe_committed.0 {
                     let tried = lock(earlier).clone();
                     let held = still_held(&tx, tried).await?;
@@ -353,20 +377,51 @@ impl Queue {
         let now = self.now();
         let mut tenants = self.pick_tenants(tx).await?;
         self.with_rng(|r| r.shuffle(&mut tenants));
+        let mut configs = Vec::with_capacity(tenants.len());
+        for &t in &tenants {
+            configs.push(read_tenant_config(tx, &TenantKeys::new(t), true).await?);
+        }
+        // Weighted fair share: each tenant first gets at most its share of this claim, so a
+        // tenant with a million jobs takes no more than its weight's part while others wait;
+        // what the others leave is then offered in a second round.
+        let total_weight: u64 = configs
+            .iter()
+            .map(|c| u64::from(c.weight))
+            .sum::<u64>()
+            .max(1);
         let mut leases = Vec::new();
-        for tenant in tenants {
+        let mut hungry = Vec::new();
+        for (t, cfg) in tenants.iter().zip(&configs) {
             if leases.len() >= req.max {
                 break;
             }
-            self.claim_tenant(tx, tenant, req, now, &mut leases).await?;
+            let share = (req.max as u64 * u64::from(cfg.weight)).div_ceil(total_weight);
+            let quota = usize::try_from(share)
+                .unwrap_or(req.max)
+                .clamp(1, req.max - leases.len());
+            let got = self
+                .claim_tenant(tx, *t, cfg, req, now, quota, &mut leases)
+                .await?;
+            if got == TenantVisit::Full {
+                hungry.push((*t, cfg));
+            }
+        }
+        for (t, cfg) in hungry {
+            let need = req.max - leases.len();
+            if need == 0 {
+                break;
+            }
+            self.claim_tenant(tx, t, cfg, req, now, need, &mut leases)
+                .await?;
         }
         Ok(leases)
     }
 
-    /// Tenants that may have work, from a random point of the index (snapshot: no conflicts).
+    /// Up to `tenants_per_claim` tenants that may have work, from a uniformly random point of
+    /// the active index (snapshot reads: no conflicts).
     async fn pick_tenants(&self, tx: &Transaction) -> Result<Vec<Uuid>> {
         let want = self.config.tenants_per_claim;
-        let start = Uuid::from_u128(self.with_rng(|r| r.u128(..)));
+        let start = self.with_rng(|r| r.u64(..));
         let mut out = Vec::new();
         let first = tx
             .get_range(&keys::active_tenants_from(start).limit(want).snapshot())
@@ -394,14 +449,18 @@ impl Queue {
         Ok(out)
     }
 
+    /// Claims up to `quota` jobs of one tenant. Says whether the tenant could give more.
+    #[allow(clippy::too_many_arguments)]
     async fn claim_tenant(
         &self,
         tx: &Transaction,
         tenant: Uuid,
+        cfg: &TenantQueueConfig,
         req: &ClaimRequest,
         now: i64,
+        quota: usize,
         leases: &mut Vec<Lease>,
-    ) -> Result<()> {
+    ) -> Result<TenantVisit> {
         let keys = TenantKeys::new(tenant);
         // Serializable: a pause that commits first is seen, one that commits later conflicts.
         let paused: BTreeSet<String> = tx
@@ -411,20 +470,42 @@ impl Queue {
             .filter_map(|kv| keys.parse_pause(&kv.key))
             .collect();
         if paused.contains(ALL_KINDS) {
-            return Ok(());
+            return Ok(TenantVisit::Drained);
         }
         self.rescue_expired(tx, &keys, now).await?;
         self.promote_due(tx, &keys, now).await?;
 
-        let need = req.max - leases.len();
+        // Concurrency limit: a job runs only while it holds one of `max_running` slot keys.
+        let mut free_slots = match cfg.max_running {
+            Some(max) => {
+                let taken: BTreeSet<u32> = tx
+                    .get_range(&keys.slots(max).snapshot())
+                    .await?
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| keys.parse_slot(&kv.key))
+                    .collect();
+                let mut free: Vec<u32> = (0..max).filter(|i| !taken.contains(i)).collect();
+                self.with_rng(|r| r.shuffle(&mut free));
+                Some(free)
+            }
+            None => None,
+        };
+        let need = match &free_slots {
+            Some(free) if free.is_empty() => return Ok(TenantVisit::Drained),
+            Some(free) => quota.min(free.len()),
+            None => quota,
+        };
+
         let kinds = match &req.kinds {
             Some(k) => k.clone(),
             None => ready_kinds(tx, &keys).await?,
         };
+        let window = (need * CLAIM_WINDOW_FACTOR).clamp(CLAIM_WINDOW_MIN, CLAIM_WINDOW_MAX);
         let mut candidates: Vec<(u8, i64, Uuid)> = Vec::new();
         for kind in kinds.iter().filter(|k| !paused.contains(*k)) {
             let head = tx
-                .get_range(&keys.ready_of_kind(kind).limit(need * 2 + 2).snapshot())
+                .get_range(&keys.ready_of_kind(kind).limit(window).snapshot())
                 .await?;
             candidates.extend(
                 head.kvs
@@ -434,13 +515,26 @@ impl Queue {
             );
         }
         candidates.sort_unstable();
-        for id in self.choose(&candidates, need) {
+        let chosen = self.choose(&candidates, need);
+        let mut claimed = 0;
+        for id in chosen {
             let Some(job) = load(tx, &keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Queued {
                 continue;
             }
+            let slot = match free_slots.as_mut() {
+                Some(free) => {
+                    let Some(i) = free.pop() else { break };
+                    // Two claims that pick the same free slot conflict here.
+                    let slot_key = keys.slot(i);
+                    tx.add_read_conflict_key(&slot_key);
+                    tx.set(&slot_key, id.as_bytes());
+                    Some(i)
+                }
+                None => None,
+            };
             let mut next = job.clone();
             let token = self.ids.next_id();
             let lease_end = now.saturating_add(micros(req.lease));
@@ -450,9 +544,11 @@ impl Queue {
                 expires_at: lease_end,
                 worker: req.worker.clone(),
             });
+            next.slot = slot;
             next.cancel_requested = false;
             transition(&mut next, JobState::Running, now);
             self.save(tx, &keys, Some(&job), &next)?;
+            claimed += 1;
             leases.push(Lease {
                 tenant,
                 job_id: id,
@@ -466,11 +562,25 @@ impl Queue {
                 session_id: next.session_id,
             });
         }
-        self.maybe_retire_doorbell(tx, &keys, tenant).await
+        if candidates.len() > claimed {
+            // More is waiting: the tenant stays active, and may give more in a second round
+            // (unless its concurrency slots ran out).
+            let slots_left = free_slots.as_ref().is_none_or(|f| !f.is_empty());
+            return Ok(if claimed == need && slots_left {
+                TenantVisit::Full
+            } else {
+                TenantVisit::Drained
+            });
+        }
+        self.maybe_retire_doorbell(tx, &keys, tenant).await?;
+        Ok(TenantVisit::Drained)
     }
 
-    /// Picks up to `need` ids: strictly by priority, at random among equal priorities within a
-    /// window twice the size needed, so concurrent workers rarely pick the same job.
+    /// Picks up to `need` ids, strictly by priority. Within one priority it takes a contiguous
+    /// block at a random offset of the window read (after CouchDB's `couch_jobs`), so that
+    /// concurrent claimers rarely pick the same job: two blocks of `need` in a window of `w`
+    /// overlap with probability about `2 * need / w`. Order within a priority is therefore
+    /// first-in-first-out only up to the window.
     fn choose(&self, sorted: &[(u8, i64, Uuid)], need: usize) -> Vec<Uuid> {
         let mut out = Vec::with_capacity(need);
         let mut i = 0;
@@ -480,10 +590,15 @@ impl Queue {
                 .iter()
                 .position(|c| c.0 != prio)
                 .map_or(sorted.len(), |n| i + n);
-            let window_end = group_end.min(i + 2 * (need - out.len()));
-            let mut window: Vec<Uuid> = sorted[i..window_end].iter().map(|c| c.2).collect();
-            self.with_rng(|r| r.shuffle(&mut window));
-            out.extend(window.into_iter().take(need - out.len()));
+            let want = need - out.len();
+            let group = &sorted[i..group_end];
+            let slack = group.len().saturating_sub(want);
+            let offset = if slack == 0 {
+                0
+            } else {
+                self.with_rng(|r| r.usize(0..=slack))
+            };
+            out.extend(group.iter().skip(offset).take(want).map(|c| c.2));
             i = group_end;
         }
         out
@@ -1104,6 +1219,73 @@ impl Queue {
         Ok(())
     }
 
+    // ------------------------------------------------------------------ tenant settings
+
+    /// Sets a tenant's queue settings (weight, concurrency and admission limits).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field; store errors.
+    pub async fn set_tenant_config(&self, tenant: Uuid, config: &TenantQueueConfig) -> Result<()> {
+        config.validate()?;
+        let value = serde_json::to_vec(config).map_err(|e| Error::Corrupt {
+            what: "tenant queue config".into(),
+            source: e,
+        })?;
+        let key = TenantKeys::new(tenant).config();
+        let (key, value) = (&key, &value);
+        self.db
+            .run(|tx, _| async move {
+                tx.set(key, value);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A tenant's queue settings (the defaults if none were set).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Corrupt`].
+    pub async fn tenant_config(&self, tenant: Uuid) -> Result<TenantQueueConfig> {
+        let keys = &TenantKeys::new(tenant);
+        self.db
+            .transact(|tx, _| async move { read_tenant_config(&tx, keys, true).await })
+            .await
+    }
+
+    /// Admission control: refuses a new job beyond the tenant's `max_queued` or
+    /// `max_queued_bytes`. The counts are read without a conflict (enqueues must not conflict
+    /// with each other), so concurrent enqueues can overshoot a limit by the jobs in flight.
+    async fn admit(&self, tx: &Transaction, keys: &TenantKeys, job: &NewJob) -> Result<()> {
+        let cfg = read_tenant_config(tx, keys, true).await?;
+        if let Some(max) = cfg.max_queued {
+            let mut current = 0i64;
+            for state in [JobState::Queued, JobState::Scheduled, JobState::Running] {
+                current += sum_counters(tx, &keys.counters(state)).await?;
+            }
+            let current = u64::try_from(current).unwrap_or(0);
+            if current >= max {
+                return Err(Error::Refused {
+                    limit: "max_queued",
+                    max,
+                    current,
+                });
+            }
+        }
+        if let Some(max) = cfg.max_queued_bytes {
+            let current =
+                u64::try_from(sum_counters(tx, &keys.bytes_counters()).await?).unwrap_or(0);
+            if current.saturating_add(args_len(&job.args)) > max {
+                return Err(Error::Refused {
+                    limit: "max_queued_bytes",
+                    max,
+                    current,
+                });
+            }
+        }
+        Ok(())
+    }
+
     // ------------------------------------------------------------------------- internals
 
     fn shard(&self) -> u8 {
@@ -1145,6 +1327,23 @@ impl Queue {
         if let Some(k) = placement_key(keys, next) {
             tx.set(&k, b"");
         }
+        // A job leaving `running` gives its concurrency slot back (if it still holds it).
+        if let Some(old) = old {
+            if let (Some(i), true) = (old.slot, next.state != JobState::Running) {
+                tx.clear(&keys.slot(i));
+            }
+        }
+        // Argument bytes of unfinished jobs, for admission control.
+        let unfinished = |j: &Job| !j.state.is_terminal();
+        let delta = match (old.map(unfinished), unfinished(next)) {
+            (None | Some(false), true) => Some(1i64),
+            (Some(true), false) => Some(-1i64),
+            _ => None,
+        };
+        if let Some(sign) = delta {
+            let bytes = i64::try_from(next.args_bytes).unwrap_or(i64::MAX);
+            tx.add(&keys.bytes_counter(self.shard()), sign * bytes);
+        }
         if old.is_none_or(|o| o.state != next.state || o.state_since != next.state_since) {
             tx.set(&keys.by_state(next.state, next.state_since, next.id), b"");
         }
@@ -1153,6 +1352,37 @@ impl Queue {
         }
         tx.set(&keys.job(next.id), &value);
         Ok(())
+    }
+}
+
+/// The size of a job's arguments as JSON.
+fn args_len(args: &serde_json::Value) -> u64 {
+    serde_json::to_vec(args).map_or(u64::MAX, |v| v.len() as u64)
+}
+
+/// Sums the shards of a counter (snapshot: no conflicts; this transaction's own adds count).
+pub(crate) async fn sum_counters(tx: &Transaction, range: &RangeOption) -> Result<i64> {
+    Ok(tx
+        .get_range(&range.clone().snapshot())
+        .await?
+        .kvs
+        .iter()
+        .map(|kv| steward_store::decode_counter(Some(&kv.value)))
+        .sum())
+}
+
+/// A tenant's queue settings, or the defaults.
+pub(crate) async fn read_tenant_config(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    snapshot: bool,
+) -> Result<TenantQueueConfig> {
+    match tx.get(&keys.config(), snapshot).await? {
+        Some(v) => serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+            what: "tenant queue config".into(),
+            source: e,
+        }),
+        None => Ok(TenantQueueConfig::default()),
     }
 }
 

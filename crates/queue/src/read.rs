@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobState};
 use crate::keys::{self, TenantKeys, ALL_KINDS, WAKE_SHARDS};
-use crate::queue::{load, Queue};
+use crate::queue::{load, read_tenant_config, Queue};
 
 /// Most jobs in one page.
 pub const MAX_PAGE: usize = 500;
@@ -58,6 +58,13 @@ pub enum WaitReason {
     Paused {
         /// The paused kind, or `None` for the whole tenant.
         kind: Option<String>,
+    },
+    /// Its tenant already runs as many jobs as its `max_running` allows.
+    AtConcurrencyLimit {
+        /// Jobs of the tenant running now.
+        running: i64,
+        /// The tenant's limit.
+        max: u32,
     },
     /// It is runnable and waits for a worker behind other jobs of its kind.
     Queued {
@@ -309,6 +316,13 @@ async fn why_waiting_in(
         .get(&JobState::Running)
         .copied()
         .unwrap_or(0);
+    let cfg = read_tenant_config(tx, keys, true).await?;
+    if let Some(max) = cfg.max_running {
+        let taken = tx.get_range(&keys.slots(max).snapshot()).await?.kvs.len();
+        if taken >= max as usize {
+            return Ok(WaitReason::AtConcurrencyLimit { running, max });
+        }
+    }
     Ok(WaitReason::Queued {
         ahead: ahead.kvs.len(),
         ahead_capped: ahead.more,
