@@ -15,7 +15,9 @@ use crate::local::{
     Snapshot, Snapshots,
 };
 
-type Map = OrdMap<Vec<u8>, Vec<u8>>;
+/// Keys and values are reference-counted: a commit copies the tree nodes on its paths that
+/// live snapshots still share, and copying an entry is then a count increment, not a heap copy.
+type Map = OrdMap<Arc<[u8]>, Arc<[u8]>>;
 
 #[derive(Debug)]
 struct State {
@@ -60,14 +62,14 @@ impl MemoryEngine {
             let version = st.version + 1;
             let stamp = versionstamp(version, 0);
             let mut writes = req.writes;
-            let mut data = st.data.clone();
+            // Applied in place: only nodes that snapshots share are copied. Applying to the
+            // in-memory map cannot fail (MapWriter never errors), so no commit is half-applied.
             apply_mutations(
-                &mut MapWriter(&mut data),
+                &mut MapWriter(&mut st.data),
                 &req.mutations,
                 &stamp,
                 &mut writes,
             )?;
-            st.data = data;
             st.version = version;
             st.resolver.record(version, &writes, self.clock.monotonic());
             (
@@ -115,7 +117,7 @@ impl Snapshot for MemSnapshot {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.data.get(key).cloned())
+        Ok(self.data.get(key).map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -150,11 +152,11 @@ struct MapWriter<'a>(&'a mut Map);
 
 impl KvWrite for MapWriter<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).cloned())
+        Ok(self.0.get(key).map(|v| v.to_vec()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0.insert(key.to_vec(), value.to_vec());
+        self.0.insert(Arc::from(key), Arc::from(value));
         Ok(())
     }
 
@@ -164,13 +166,13 @@ impl KvWrite for MapWriter<'_> {
     }
 
     fn delete_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()> {
-        let doomed: Vec<Vec<u8>> = self
+        let doomed: Vec<Arc<[u8]>> = self
             .0
             .range::<_, [u8]>((
                 std::ops::Bound::Included(begin),
                 std::ops::Bound::Excluded(end),
             ))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| Arc::clone(k))
             .collect();
         for k in doomed {
             self.0.remove(&k);
