@@ -248,10 +248,10 @@ impl Committer {
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Job>) {
+    fn commit_group(&mut self, mut group: Vec<Job>) {
         let mut outcomes: Vec<Result<CommitOutcome>> = Vec::with_capacity(group.len());
         let mut all_touched: Vec<KeyRange> = Vec::new();
-        let written = self.write_group(&group, &mut outcomes, &mut all_touched);
+        let written = self.write_group(&mut group, &mut outcomes, &mut all_touched);
         match written {
             Ok(()) => {
                 if !all_touched.is_empty() {
@@ -285,7 +285,7 @@ impl Committer {
 
     fn write_group(
         &mut self,
-        group: &[Job],
+        group: &mut [Job],
         outcomes: &mut Vec<Result<CommitOutcome>>,
         all_touched: &mut Vec<KeyRange>,
     ) -> Result<()> {
@@ -293,8 +293,8 @@ impl Committer {
         let now = self.clock.monotonic();
         {
             let mut table = wtx.open_table(KV)?;
-            for job in group {
-                let req = &job.req;
+            for job in group.iter_mut() {
+                let req = &mut job.req;
                 if let Some(rv) = req.read_version {
                     if let Err(e) = self.resolver.check(rv, &req.reads) {
                         outcomes.push(Err(e));
@@ -303,14 +303,14 @@ impl Committer {
                 }
                 self.version += 1;
                 let stamp = versionstamp(self.version, 0);
-                let mut writes = req.writes.clone();
+                let mut writes = std::mem::take(&mut req.writes);
                 apply_mutations(
                     &mut TableWriter(&mut table),
                     &req.mutations,
                     &stamp,
                     &mut writes,
                 )?;
-                self.resolver.record(self.version, &writes, now);
+                self.resolver.record(self.version, writes, now);
                 all_touched.extend(touched(&req.mutations, &stamp));
                 outcomes.push(Ok(CommitOutcome {
                     version: self.version,

@@ -71,7 +71,7 @@ impl MemoryEngine {
                 &mut writes,
             )?;
             st.version = version;
-            st.resolver.record(version, &writes, self.clock.monotonic());
+            st.resolver.record(version, writes, self.clock.monotonic());
             (
                 CommitOutcome { version, stamp },
                 touched(&req.mutations, &stamp),

@@ -20,8 +20,8 @@ pub(crate) struct Resolver {
     points: BTreeMap<Vec<u8>, u64>,
     /// Ranges written (clear_range, explicit write conflict ranges) and their versions.
     ranges: Vec<(Vec<u8>, Vec<u8>, u64)>,
-    /// (commit version, monotonic commit time), oldest first, for pruning.
-    log: VecDeque<(u64, Duration)>,
+    /// (commit version, monotonic commit time, single keys written), oldest first, for pruning.
+    log: VecDeque<(u64, Duration, Vec<Vec<u8>>)>,
     /// Versions at or below this are forgotten; older readers are too old.
     horizon: u64,
     last_prune: Duration,
@@ -61,37 +61,48 @@ impl Resolver {
     }
 
     /// Records the write conflict ranges of a commit at `version`, made at monotonic `now`.
-    pub(crate) fn record(&mut self, version: u64, writes: &[KeyRange], now: Duration) {
+    pub(crate) fn record(&mut self, version: u64, writes: Vec<KeyRange>, now: Duration) {
+        let mut keys = Vec::with_capacity(writes.len());
         for (b, e) in writes {
-            if is_point(b, e) {
+            if is_point(&b, &e) {
                 self.points.insert(b.clone(), version);
+                keys.push(b);
             } else if b < e {
-                self.ranges.push((b.clone(), e.clone(), version));
+                self.ranges.push((b, e, version));
             }
         }
-        self.log.push_back((version, now));
+        self.log.push_back((version, now, keys));
         self.prune(now);
     }
 
-    /// Forgets writes older than the transaction lifetime. Cheap when nothing is due.
+    /// Forgets writes older than the transaction lifetime, in time proportional to what it
+    /// forgets: each log entry knows its keys, and a key is dropped only if no later commit
+    /// wrote it again.
     fn prune(&mut self, now: Duration) {
-        if now.saturating_sub(self.last_prune) < Duration::from_millis(250) {
+        if now.saturating_sub(self.last_prune) < Duration::from_millis(50) {
             return;
         }
         self.last_prune = now;
         let keep_after = now.saturating_sub(TRANSACTION_LIFETIME + MARGIN);
         let mut horizon = self.horizon;
-        while let Some(&(v, t)) = self.log.front() {
-            if t >= keep_after {
+        while let Some((v, t, _)) = self.log.front() {
+            if *t >= keep_after {
                 break;
             }
-            horizon = v;
-            self.log.pop_front();
+            horizon = *v;
+            if let Some((v, _, keys)) = self.log.pop_front() {
+                for k in keys {
+                    if self.points.get(&k) == Some(&v) {
+                        self.points.remove(&k);
+                    }
+                }
+            }
         }
         if horizon > self.horizon {
             self.horizon = horizon;
-            self.points.retain(|_, v| *v > horizon);
-            self.ranges.retain(|(_, _, v)| *v > horizon);
+            if !self.ranges.is_empty() {
+                self.ranges.retain(|(_, _, v)| *v > horizon);
+            }
         }
     }
 
@@ -120,7 +131,7 @@ mod tests {
         let mut r = Resolver::default();
         r.record(
             5,
-            &[point(b"a"), (b"m".to_vec(), b"p".to_vec())],
+            vec![point(b"a"), (b"m".to_vec(), b"p".to_vec())],
             Duration::ZERO,
         );
         assert!(r.check(5, &[point(b"a")]).is_ok());
@@ -135,10 +146,20 @@ mod tests {
     }
 
     #[test]
+    fn pruning_an_old_write_keeps_a_newer_write_of_the_same_key() {
+        let mut r = Resolver::default();
+        r.record(1, vec![point(b"a")], Duration::ZERO);
+        r.record(2, vec![point(b"a")], Duration::from_secs(4));
+        r.record(3, vec![point(b"z")], Duration::from_secs(7));
+        assert!(matches!(r.check(1, &[point(b"a")]), Err(Error::Conflict)));
+        assert!(r.check(2, &[point(b"a")]).is_ok());
+    }
+
+    #[test]
     fn forgets_old_writes_and_calls_older_readers_too_old() {
         let mut r = Resolver::default();
-        r.record(1, &[point(b"a")], Duration::ZERO);
-        r.record(2, &[point(b"b")], Duration::from_secs(10));
+        r.record(1, vec![point(b"a")], Duration::ZERO);
+        r.record(2, vec![point(b"b")], Duration::from_secs(10));
         assert_eq!(r.remembered(), 1);
         assert!(matches!(r.check(0, &[]), Err(Error::TransactionTooOld)));
         assert!(r.check(1, &[point(b"a")]).is_ok());
