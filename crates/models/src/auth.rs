@@ -371,6 +371,14 @@ impl<'a> AuthSessions<'a> {
                         }
                     }
                 }
+                if maybe_committed.0
+                    && fam.revoked_at == Some(now)
+                    && fam.revoke_reason == Some(RevokeReason::ReuseDetected)
+                {
+                    // Our earlier attempt detected the reuse and revoked the family (`now` is
+                    // fixed before the retry loop): give the answer that attempt gave.
+                    return reject(RefreshRejection::ReuseDetected);
+                }
                 if fam.revoked_at.is_some() {
                     return reject(RefreshRejection::Revoked);
                 }
@@ -524,11 +532,29 @@ impl<'a> AuthSessions<'a> {
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
         let now = self.m.now();
+        // Families an earlier attempt deleted: after `commit_unknown_result` they are gone
+        // from the index the retry reads, so the retry counts those whose record is gone.
+        let deleted: std::sync::Mutex<Vec<Uuid>> = std::sync::Mutex::new(Vec::new());
+        let deleted = &deleted;
         self.m
             .db()
-            .transact(|tx, _| async move {
-                let due = tx.get_range(&keys.auth_expired(now).limit(limit)).await?;
+            .transact(|tx, maybe_committed| async move {
                 let mut n = 0;
+                if maybe_committed.0 {
+                    let tried = deleted
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    for family in tried {
+                        if read_family(&tx, keys, family).await?.is_none() {
+                            n += 1;
+                        }
+                    }
+                }
+                let due = tx
+                    .get_range(&keys.auth_expired(now).limit(limit.saturating_sub(n)))
+                    .await?;
+                let mut mine = Vec::new();
                 for kv in &due.kvs {
                     let Some((_, family)) = keys.parse_auth_by_expiry(&kv.key) else {
                         continue;
@@ -541,7 +567,12 @@ impl<'a> AuthSessions<'a> {
                     tx.clear_range(&toks.begin, &toks.end);
                     tx.clear(&kv.key);
                     n += 1;
+                    mine.push(family);
                 }
+                deleted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(mine);
                 Ok(n)
             })
             .await

@@ -50,8 +50,14 @@ pub(crate) struct Env {
 }
 
 /// A stable seed from a case's name.
+/// The seed of a test: from its name, mixed with `STEWARD_TEST_SEED` when set (to soak the
+/// fault-injected cases with other sequences of faults).
 pub(crate) fn seed_of(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let extra: u64 = std::env::var("STEWARD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ extra, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
