@@ -2,6 +2,8 @@
 //! changed it) with its version history and a unique path index per workspace. Contents live
 //! elsewhere (the workspace itself or a blob store); this is what jobs and the IDE query.
 
+use std::sync::{Mutex, PoisonError};
+
 use serde::{Deserialize, Serialize};
 use steward_store::Transaction;
 use uuid::Uuid;
@@ -278,19 +280,36 @@ impl<'a> Files<'a> {
         let now = self.m.now();
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
+        // The tombstone versions earlier attempts wrote (file id, version): after
+        // `commit_unknown_result` the retry finds the file already deleted, and must tell its
+        // own tombstone (answer: the deleted file) from one that was there before (`None`).
+        let tried: Mutex<Vec<(Uuid, FileVersion)>> = Mutex::new(Vec::new());
+        let tried = &tried;
         self.m
             .db()
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let Some(id) = tx.get(&keys.file_path(workspace, path), false).await? else {
                     return Ok(None);
                 };
                 let id = Uuid::from_slice(&id).map_err(|e| Error::corrupt("file path index", e))?;
                 let mut file = require_file(&tx, keys, id).await?;
                 if file.deleted {
+                    if maybe_committed.0 {
+                        let tried = tried.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                        for (tried_id, v) in tried {
+                            if tried_id == file.id
+                                && v.version == file.version
+                                && read_version(&tx, keys, file.id, v.version).await?.as_ref()
+                                    == Some(&v)
+                            {
+                                return Ok(Some(file));
+                            }
+                        }
+                    }
                     return Ok(None);
                 }
                 file.deleted = true;
-                new_version(
+                let v = new_version(
                     &tx,
                     keys,
                     &mut file,
@@ -299,6 +318,10 @@ impl<'a> Files<'a> {
                     user_id,
                     now,
                 )?;
+                tried
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((file.id, v));
                 Ok(Some(file))
             })
             .await
@@ -454,7 +477,7 @@ fn new_version(
     session_id: Option<Uuid>,
     user_id: Option<Uuid>,
     now: i64,
-) -> Result<()> {
+) -> Result<FileVersion> {
     file.version += 1;
     file.updated_at = now.max(file.updated_at);
     file.last_session_id = session_id;
@@ -477,7 +500,19 @@ fn new_version(
         &keys.file(file.id),
         &encode("file", file, MAX_INLINE_VALUE)?,
     );
-    Ok(())
+    Ok(v)
+}
+
+async fn read_version(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    id: Uuid,
+    version: u64,
+) -> Result<Option<FileVersion>> {
+    tx.get(&keys.file_version(id, version), false)
+        .await?
+        .map(|v| decode(|| format!("file {id} version"), &v))
+        .transpose()
 }
 
 fn purge_in(tx: &Transaction, keys: &TenantKeys, file: &File) {
