@@ -18,6 +18,8 @@
 //!   tenant's retention by an [`AuditSegment`]: first/last seq, the hash before and the last
 //!   hash, and a MAC of its own, so the chain still verifies across it.
 
+use std::sync::{Mutex, PoisonError};
+
 use serde::{Deserialize, Serialize};
 use steward_store::tuple::Versionstamp;
 use steward_store::{key_after, Transaction};
@@ -382,9 +384,26 @@ impl<'a> Audit<'a> {
         let keys = &keys;
         let batch = self.m.config().audit.seal_batch;
         let key = self.key();
+        // What earlier attempts sealed: after `commit_unknown_result` the retry would find
+        // those events already in the chain and seal the next batch (or nothing), answering
+        // for work it did not do. The chain hash at an attempt's last seq binds everything
+        // before it, so finding it stored means that attempt committed.
+        let tried: Mutex<Vec<SealOutcome>> = Mutex::new(Vec::new());
+        let tried = &tried;
         self.m
             .db()
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
+                if maybe_committed.0 {
+                    let tried = tried.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    for outcome in tried {
+                        if let Some(v) = tx.get(&keys.audit_sealed(outcome.head.seq), false).await?
+                        {
+                            if split_sealed(&v).is_some_and(|(_, h, _)| h == outcome.head.hash) {
+                                return Ok(outcome);
+                            }
+                        }
+                    }
+                }
                 let mut head = match tx.get(&keys.audit_head(), false).await? {
                     Some(v) => ChainHead::decode(&v)?,
                     None => ChainHead::GENESIS,
@@ -419,7 +438,12 @@ impl<'a> Audit<'a> {
                     sealed += 1;
                 }
                 tx.set(&keys.audit_head(), &head.encode());
-                Ok(SealOutcome { sealed, head })
+                let outcome = SealOutcome { sealed, head };
+                tried
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(outcome);
+                Ok(outcome)
             })
             .await
     }
