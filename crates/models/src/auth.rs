@@ -26,6 +26,7 @@
 //!   the rotation and follows the grace or reuse rule.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -490,15 +491,24 @@ impl<'a> AuthSessions<'a> {
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
         let now = self.m.now();
+        // Whether an attempt wrote the revocation: after `commit_unknown_result` the retry
+        // finds the family revoked, by that attempt if at our `now` for our reason.
+        let tried = AtomicBool::new(false);
+        let tried = &tried;
         self.m
             .db()
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let Some(mut fam) = read_family(&tx, keys, family).await? else {
                     return Ok(false);
                 };
                 if fam.revoked_at.is_some() {
-                    return Ok(false);
+                    let ours = maybe_committed.0
+                        && tried.load(Ordering::Relaxed)
+                        && fam.revoked_at == Some(now)
+                        && fam.revoke_reason == Some(reason);
+                    return Ok(ours);
                 }
+                tried.store(true, Ordering::Relaxed);
                 revoke_family(&mut fam, reason, now);
                 write_family(&tx, keys, &fam)?;
                 Ok(true)
