@@ -2,6 +2,7 @@
 //! in the same transaction; export and deletion of a whole tenant.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use steward_store::{key_after, KeyValue, RangeOption};
@@ -339,11 +340,26 @@ impl<'a> Tenants<'a> {
         let keys = TenantKeys::new(tenant);
         let (keys, change) = (&keys, &change);
         let now = self.m.now();
+        // The records earlier attempts wrote: after `commit_unknown_result` the retry must not
+        // apply `change` a second time on top of its own committed result (a `push` or an
+        // increment would land twice), so it answers the record it finds if it is one of them.
+        let tried: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+        let tried = &tried;
         self.m
             .db()
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let old: Tenant = match tx.get(&keys.tenant(), false).await? {
-                    Some(v) => decode(|| format!("tenant {tenant}"), &v)?,
+                    Some(v) => {
+                        if maybe_committed.0
+                            && tried
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .contains(&v)
+                        {
+                            return decode(|| format!("tenant {tenant}"), &v);
+                        }
+                        decode(|| format!("tenant {tenant}"), &v)?
+                    }
                     None => return Err(Error::not_found("tenant", tenant)),
                 };
                 let mut new = old.clone();
@@ -352,7 +368,12 @@ impl<'a> Tenants<'a> {
                 new.created_at = old.created_at;
                 new.updated_at = now.max(old.updated_at);
                 new.validate()?;
-                tx.set(&keys.tenant(), &encode("tenant", &new, MAX_INLINE_VALUE)?);
+                let value = encode("tenant", &new, MAX_INLINE_VALUE)?;
+                tx.set(&keys.tenant(), &value);
+                tried
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(value);
                 Ok(new)
             })
             .await
