@@ -2,6 +2,8 @@
 //! grow: open files, terminal commands, agent memory), with indexes by owner, by workspace, by
 //! parent and by last activity, each maintained in the same transaction as the record.
 
+use std::sync::{Mutex, PoisonError};
+
 use serde::{Deserialize, Serialize};
 use steward_store::{RangeOption, Transaction};
 use uuid::Uuid;
@@ -359,12 +361,25 @@ impl<'a> WorkspaceSessions<'a> {
         let keys = TenantKeys::new(tenant);
         let (keys, change) = (&keys, &change);
         let now = self.m.now();
+        // The sessions earlier attempts wrote: after `commit_unknown_result` the retry must not
+        // apply `change` a second time on top of its own committed result (a pushed terminal
+        // command would land twice), so it answers the session it finds if it is one of them.
+        let tried: Mutex<Vec<WorkspaceSession>> = Mutex::new(Vec::new());
+        let tried = &tried;
         self.m
             .db()
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let old = read_session(&tx, keys, id)
                     .await?
                     .ok_or_else(|| Error::not_found("workspace session", id))?;
+                if maybe_committed.0
+                    && tried
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(&old)
+                {
+                    return Ok(old);
+                }
                 let mut new = old.clone();
                 change(&mut new)?;
                 new.id = old.id;
@@ -376,6 +391,10 @@ impl<'a> WorkspaceSessions<'a> {
                 }
                 let bytes = new.validate()?;
                 write_session(&tx, keys, &new, &bytes, Some(&old));
+                tried
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(new.clone());
                 Ok(new)
             })
             .await
