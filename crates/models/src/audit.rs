@@ -689,15 +689,20 @@ impl<'a> Audit<'a> {
         let keys = &keys;
         let key = self.key();
         let now = self.m.now();
+        // The segments earlier attempts wrote. After `commit_unknown_result` the retry finds
+        // its own segment stored (and would compact the next range, or refuse). Its timestamp
+        // alone does not tell it apart: an earlier call at the same `now` leaves one too.
+        let tried: Mutex<Vec<AuditSegment>> = Mutex::new(Vec::new());
+        let tried = &tried;
         self.m
             .db()
             .transact(|tx, maybe_committed| async move {
                 let t = require_tenant(&tx, keys, tenant).await?;
                 let head = read_head(&tx, keys).await?;
                 let segments = read_segments(&tx, keys).await?;
-                if let Some(s) = segments.last() {
-                    // Our own earlier attempt committed (its timestamp is ours).
-                    if maybe_committed.0 && s.compacted_at == now && s.last_seq <= through_seq {
+                if maybe_committed.0 {
+                    let tried = tried.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(s) = segments.iter().find(|s| tried.contains(s)) {
                         return Ok(s.clone());
                     }
                 }
@@ -773,6 +778,10 @@ impl<'a> Audit<'a> {
                     &keys.audit_segment(first),
                     &encode("audit_segment", &segment, MAX_INLINE_VALUE)?,
                 );
+                tried
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(segment.clone());
                 Ok(segment)
             })
             .await
