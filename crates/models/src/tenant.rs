@@ -328,7 +328,8 @@ impl<'a> Tenants<'a> {
     }
 
     /// Changes a tenant with `change` (run again on every retry, so it must only edit the
-    /// record), then validates and writes it. `id` and `created_at` cannot change.
+    /// record; never on top of its own committed result, so it need not be idempotent), then
+    /// validates and writes it. `id` and `created_at` cannot change.
     ///
     /// # Errors
     /// [`Error::NotFound`]; [`Error::Invalid`] from `change` or validation; store errors.

@@ -346,7 +346,8 @@ impl<'a> WorkspaceSessions<'a> {
     }
 
     /// Changes a session with `change` (run again on every retry, so it must only edit the
-    /// record), validates it and writes it with its indexes. Bumps `updated_at` and
+    /// record; never on top of its own committed result, so it need not be idempotent),
+    /// validates it and writes it with its indexes. Bumps `updated_at` and
     /// `last_activity_at`; `id` and `created_at` cannot change.
     ///
     /// # Errors
