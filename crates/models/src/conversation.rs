@@ -464,13 +464,27 @@ impl<'a> Conversations<'a> {
             .transact(|tx, maybe_committed| async move {
                 if maybe_committed.0 {
                     // The batch is one transaction: if its first message is there, all are,
-                    // under one commit stamp.
+                    // under one commit stamp. A caller-chosen id may have been taken by
+                    // another append meanwhile: ours only if the stored message is the one
+                    // we built (its id, content and `now`).
                     if let Some(first) = read_marker(&tx, keys, conversation, built[0].0.id).await?
                     {
-                        let mut stamp = [0u8; 10];
-                        stamp.copy_from_slice(&first.0[..10]);
-                        let known = (0..built.len()).map(|i| position_at(stamp, i)).collect();
-                        return Ok(Appended::Known(known));
+                        let vs = first.versionstamp();
+                        let kvs = tx
+                            .get_range_all(&keys.message_chunks_at(conversation, &vs))
+                            .await?;
+                        let ours = !kvs.is_empty()
+                            && join_chunks(
+                                || format!("conversation {conversation} message {vs:?}"),
+                                &kvs,
+                                |k| keys.parse_message_chunk(k).map(|(_, i, n)| (i, n)),
+                            )? == built[0].1;
+                        if ours {
+                            let mut stamp = [0u8; 10];
+                            stamp.copy_from_slice(&first.0[..10]);
+                            let known = (0..built.len()).map(|i| position_at(stamp, i)).collect();
+                            return Ok(Appended::Known(known));
+                        }
                     }
                 }
                 if read_conversation(&tx, keys, conversation).await?.is_none() {
