@@ -141,6 +141,10 @@ pub struct CronSchedule {
     pub next_fire: i64,
     /// The job of the latest fired tick.
     pub last_job: Option<Uuid>,
+    /// The latest tick handled (fired, skipped or coalesced); the next is always after it,
+    /// even if the wall clock goes back.
+    #[serde(default)]
+    pub last_fire: Option<i64>,
     /// Paused schedules record nothing and fire nothing until resumed.
     pub paused: bool,
 }
@@ -263,7 +267,8 @@ impl<'q> Scheduler<'q> {
         let tz = parse_zone(time_zone)?;
         crate::queue::validate_new_job(&template)?;
         let now = self.queue.now();
-        let next_fire = next_after(&parsed, tz, now)
+        // Checked here so a schedule that can never fire is refused at once.
+        next_after(&parsed, tz, now)
             .ok_or_else(|| Error::invalid("expression", "never fires after now"))?;
         let scope = &CronScope::of(tenant);
         let template = NewJob {
@@ -279,17 +284,32 @@ impl<'q> Scheduler<'q> {
             overlap,
             missed,
             misfire_grace_us: micros(DEFAULT_MISFIRE_GRACE),
-            next_fire,
+            next_fire: 0,
             last_job: None,
+            last_fire: None,
             paused: false,
         };
+        let (parsed, tz) = (&parsed, tz);
         self.queue
             .db()
             .transact(|tx, _| async move {
                 let old = load_schedule(&tx, scope, name).await?;
                 let mut next = schedule.clone();
+                // The first tick after now, and never one at or before a tick already handled
+                // (the wall clock may have gone back).
+                let after = old
+                    .as_ref()
+                    .and_then(|o| o.last_fire)
+                    .map_or(now, |l| l.max(now));
+                next.next_fire = next_after(parsed, tz, after).unwrap_or(i64::MAX);
                 if let Some(old) = &old {
                     next.last_job = old.last_job;
+                    next.last_fire = old.last_fire;
+                    // A tick that is due but not handled yet stays due: replacing a schedule
+                    // (as every deploy does for schedules defined in code) must not skip it.
+                    if old.next_fire <= now && old.next_fire < next.next_fire {
+                        next.next_fire = old.next_fire;
+                    }
                     tx.clear(&keys::cron_index(old.next_fire, scope, name));
                 }
                 save_schedule(&tx, scope, &next)?;
@@ -439,6 +459,7 @@ impl<'q> Scheduler<'q> {
                 }
                 tx.clear(&keys::cron_index(schedule.next_fire, scope, name));
                 next.next_fire = following.unwrap_or(i64::MAX);
+                next.last_fire = Some(last_due);
                 save_schedule(&tx, scope, &next)?;
                 Ok((records, more))
             })

@@ -185,6 +185,9 @@ pub struct Job {
     /// Bytes of the JSON arguments (counted against the tenant's `max_queued_bytes`).
     #[serde(default)]
     pub args_bytes: u64,
+    /// The older job this one superseded when it was enqueued.
+    #[serde(default)]
+    pub supersedes: Option<Uuid>,
 }
 
 /// Defaults of a new job.

@@ -15,7 +15,7 @@
 //!   once. A claim retried after `commit_unknown_result` first looks for the leases of its
 //!   earlier attempts, so a commit that did apply does not strand them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -180,25 +180,15 @@ impl Queue {
             job.id.get_or_insert_with(|| self.ids.next_id());
         }
         let jobs = &jobs;
-        // What the attempts that wrote each job reported it superseded. An attempt that finds
-        // its own job (an earlier attempt committed, `commit_unknown_result`) cannot see that
-        // any more, so it takes the answer of the attempt that wrote the job.
-        let superseded: Mutex<HashMap<Uuid, Option<Uuid>>> = Mutex::new(HashMap::new());
-        let superseded = &superseded;
         self.db
-            .transact(|tx, _| async move {
+            .transact(|tx, maybe_committed| async move {
                 let mut out = Vec::with_capacity(jobs.len());
-                let mut wrote = Vec::new();
                 for job in jobs {
-                    let (mut e, found_own) = self.enqueue_one(&tx, tenant, job).await?;
-                    if found_own {
-                        e.superseded = lock(superseded).get(&e.id).copied().flatten();
-                    } else {
-                        wrote.push((e.id, e.superseded));
-                    }
-                    out.push(e);
+                    out.push(
+                        self.enqueue_one(&tx, tenant, job, maybe_committed.0)
+                            .await?,
+                    );
                 }
-                lock(superseded).extend(wrote);
                 Ok(out)
             })
             .await
@@ -217,28 +207,40 @@ impl Queue {
         tenant: Uuid,
         job: &NewJob,
     ) -> Result<Enqueued> {
-        Ok(self.enqueue_one(tx, tenant, job).await?.0)
+        self.enqueue_one(tx, tenant, job, false).await
     }
 
-    /// [`Queue::enqueue_in`], also telling whether the job was already there (written by an
-    /// earlier attempt of the same transaction), in which case `superseded` is unknown.
+    /// [`Queue::enqueue_in`]. `maybe_ours`: an earlier attempt of this very call may have
+    /// committed, so a job already stored under `job.id` is taken as this call's own.
     async fn enqueue_one(
         &self,
         tx: &Transaction,
         tenant: Uuid,
         job: &NewJob,
-    ) -> Result<(Enqueued, bool)> {
+        maybe_ours: bool,
+    ) -> Result<Enqueued> {
         validate_new_job(job)?;
         let id = job.id.unwrap_or_else(|| self.ids.next_id());
         let keys = TenantKeys::new(tenant);
-        // Our own job already there: an earlier attempt of this enqueue committed.
-        if tx.get(&keys.job(id), true).await?.is_some() {
-            let found = Enqueued {
-                id,
-                duplicate: false,
-                superseded: None,
-            };
-            return Ok((found, true));
+        // Serializable: two enqueues of one id in flight at once conflict, so the job is
+        // written (and counted) once.
+        if let Some(existing) = load(tx, &keys, id).await? {
+            // Either an earlier attempt of this call committed (`commit_unknown_result`), and
+            // the record tells what it superseded; or another call with the same id did, and
+            // this one is a duplicate of it.
+            return Ok(if maybe_ours {
+                Enqueued {
+                    id,
+                    duplicate: false,
+                    superseded: existing.supersedes,
+                }
+            } else {
+                Enqueued {
+                    id,
+                    duplicate: true,
+                    superseded: None,
+                }
+            });
         }
         let now = self.now();
         if let Some(key) = &job.idempotency_key {
@@ -246,12 +248,11 @@ impl Queue {
             if let Some(existing) = tx.get(&ik, false).await? {
                 let existing = decode_id(&existing, "idempotency key")?;
                 if tx.get(&keys.job(existing), false).await?.is_some() {
-                    let duplicate = Enqueued {
+                    return Ok(Enqueued {
                         id: existing,
                         duplicate: true,
                         superseded: None,
-                    };
-                    return Ok((duplicate, false));
+                    });
                 }
             }
             tx.set(&ik, id.as_bytes());
@@ -308,6 +309,7 @@ impl Queue {
             superseded_by: None,
             slot: None,
             args_bytes: args_len(&job.args),
+            supersedes: superseded,
         };
         self.save(tx, &keys, None, &record)?;
         if let Some(session) = job.session_id {
@@ -316,12 +318,11 @@ impl Queue {
         // Doorbell and wake-up: blind writes, so enqueues never conflict with claims.
         tx.set(&keys::active_tenant(tenant), b"");
         tx.add(&keys::wake(wake_shard(tenant)), 1);
-        let created = Enqueued {
+        Ok(Enqueued {
             id,
             duplicate: false,
             superseded,
-        };
-        Ok((created, false))
+        })
     }
 
     // ------------------------------------------------------------------------------- claim
