@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use steward_store::Transaction;
+use steward_store::{TransactError, Transaction};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -158,13 +158,26 @@ pub enum TickOutcome {
         /// The job (in the system tenant for a system schedule).
         job: Uuid,
     },
-    /// The previous run was still unfinished.
+    /// Not fired: the previous run was still unfinished (`previous`), or the tenant's
+    /// admission control refused the job (`refused` names the limit).
     Skipped {
         /// The unfinished job.
-        previous: Uuid,
+        previous: Option<Uuid>,
+        /// The admission limit that refused the job.
+        refused: Option<RefusedBy>,
     },
     /// Missed during downtime; folded into a later tick (or dropped by policy).
     Coalesced,
+}
+
+/// The admission limit that refused a tick's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedBy {
+    /// The tenant's `max_queued`.
+    MaxQueued,
+    /// The tenant's `max_queued_bytes`.
+    MaxQueuedBytes,
 }
 
 /// A recorded tick.
@@ -305,9 +318,13 @@ impl<'q> Scheduler<'q> {
                 if let Some(old) = &old {
                     next.last_job = old.last_job;
                     next.last_fire = old.last_fire;
-                    // A tick that is due but not handled yet stays due: replacing a schedule
-                    // (as every deploy does for schedules defined in code) must not skip it.
-                    if old.next_fire <= now && old.next_fire < next.next_fire {
+                    let unchanged =
+                        old.expression == next.expression && old.time_zone == next.time_zone;
+                    // Re-registering an unchanged schedule (every deploy does it for
+                    // schedules defined in code) keeps its next tick: a due tick is not
+                    // skipped, and a replica whose clock lags adds no earlier tick. A tick of
+                    // a changed schedule that is already due stays due as well.
+                    if unchanged || (old.next_fire <= now && old.next_fire < next.next_fire) {
                         next.next_fire = old.next_fire;
                     }
                     tx.clear(&keys::cron_index(old.next_fire, scope, name));
@@ -392,7 +409,16 @@ impl<'q> Scheduler<'q> {
                 continue;
             };
             loop {
-                let (records, more) = self.handle(&scope, &name, fire, now).await?;
+                // One schedule that cannot be handled (a corrupt record, a template the
+                // current binary refuses) must not stop every other schedule.
+                let (records, more) = match self.handle(&scope, &name, fire, now).await {
+                    Ok(r) => r,
+                    Err(e) if e.store_error().is_some() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(schedule = %name, error = %e, "cron schedule not handled");
+                        break;
+                    }
+                };
                 recorded.extend(records.into_iter().map(|r| (name.clone(), r)));
                 if !more {
                     break;
@@ -493,7 +519,10 @@ impl<'q> Scheduler<'q> {
                     .await?
                     .is_some_and(|j: Job| !j.state.is_terminal());
                 if unfinished {
-                    return Ok(TickOutcome::Skipped { previous });
+                    return Ok(TickOutcome::Skipped {
+                        previous: Some(previous),
+                        refused: None,
+                    });
                 }
             }
         }
@@ -510,7 +539,24 @@ impl<'q> Scheduler<'q> {
             run_at: None,
             ..job.id(id)
         };
-        let enqueued = self.queue.enqueue_in(tx, tenant, &job).await?;
+        let enqueued = match self.queue.enqueue_in(tx, tenant, &job).await {
+            Ok(e) => e,
+            // A tenant at its queue limit loses this tick, recorded as such; the schedule
+            // advances, and other schedules are not held up. Admission is checked before
+            // anything of the job is written, so nothing of it is left in the transaction.
+            Err(Error::Refused { limit, .. }) => {
+                let by = if limit == "max_queued_bytes" {
+                    RefusedBy::MaxQueuedBytes
+                } else {
+                    RefusedBy::MaxQueued
+                };
+                return Ok(TickOutcome::Skipped {
+                    previous: None,
+                    refused: Some(by),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         schedule.last_job = Some(enqueued.id);
         Ok(TickOutcome::Fired { job: enqueued.id })
     }

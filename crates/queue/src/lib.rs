@@ -50,8 +50,8 @@ pub use crate::config::{
     DEFAULT_TENANT_WEIGHT, MAX_RUNNING_LIMIT, MAX_TENANT_WEIGHT,
 };
 pub use crate::cron::{
-    parse_expression, CronSchedule, MissedPolicy, OverlapPolicy, ScheduleSpec, Scheduler,
-    TickOutcome, TickRecord, DEFAULT_MISFIRE_GRACE, FANOUT_KIND, SYSTEM_TENANT,
+    parse_expression, CronSchedule, MissedPolicy, OverlapPolicy, RefusedBy, ScheduleSpec,
+    Scheduler, TickOutcome, TickRecord, DEFAULT_MISFIRE_GRACE, FANOUT_KIND, SYSTEM_TENANT,
 };
 pub use crate::error::{Error, Result};
 pub use crate::job::{

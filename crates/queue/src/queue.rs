@@ -255,9 +255,13 @@ impl Queue {
                     });
                 }
             }
-            tx.set(&ik, id.as_bytes());
         }
+        // Before anything of the job is written: a refusal leaves the transaction clean (the
+        // scheduler records a refused tick and commits the rest).
         self.admit(tx, &keys, job).await?;
+        if let Some(key) = &job.idempotency_key {
+            tx.set(&keys.idempotency(key), id.as_bytes());
+        }
         let mut superseded = None;
         if let Some(key) = &job.supersede_key {
             let sk = keys.supersede(key);
@@ -1330,7 +1334,10 @@ impl Queue {
         }
         // A job leaving `running` gives its concurrency slot back (if it still holds it).
         if let Some(old) = old {
-            if let (Some(i), true) = (old.slot, next.state != JobState::Running) {
+            // Only a job that was running holds its slot; `slot` on a record that ran
+            // before is stale, and that slot may belong to another job by now.
+            let leaving = old.state == JobState::Running && next.state != JobState::Running;
+            if let (Some(i), true) = (old.slot, leaving) {
                 tx.clear(&keys.slot(i));
             }
         }

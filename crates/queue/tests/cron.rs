@@ -157,7 +157,13 @@ async fn a_tick_is_skipped_while_the_previous_run_is_unfinished() {
     let TickOutcome::Fired { job } = first[0].1.outcome else {
         unreachable!()
     };
-    assert_eq!(second[0].1.outcome, TickOutcome::Skipped { previous: job });
+    assert_eq!(
+        second[0].1.outcome,
+        TickOutcome::Skipped {
+            previous: Some(job),
+            refused: None
+        }
+    );
     assert_eq!(drain(&q).await, 1);
     clock.advance(MINUTE);
     let third = s.tick().await.unwrap();

@@ -456,7 +456,6 @@ mod found {
     /// every later `tick` call: no tick of any other schedule, of any tenant, is recorded
     /// again until that tenant's queue shrinks.
     #[test]
-    #[ignore = "bug: a cron job refused by admission control fails every tick() and stops all other schedules"]
     fn a_tenant_at_its_queue_limit_does_not_stop_other_tenants_cron() {
         runtime().block_on(async {
             let (clock, queue) = cron_world();
@@ -509,7 +508,6 @@ mod found {
     /// though another job holds that slot by then: the tenant runs more jobs than its
     /// `max_running`.
     #[test]
-    #[ignore = "bug: a job's stale slot number frees a slot another running job holds (max_running exceeded)"]
     fn a_rescheduled_job_does_not_free_a_slot_another_job_holds() {
         runtime().block_on(async {
             let (clock, queue) = cron_world();
@@ -578,7 +576,6 @@ mod found {
     /// tick before the schedule was created, and it fires. An unchanged schedule's next tick
     /// should never move earlier than it was unless that tick is already due.
     #[test]
-    #[ignore = "bug: re-registering a schedule with the clock behind adds a tick from before its creation"]
     fn re_registering_behind_the_clock_adds_no_tick_before_creation() {
         runtime().block_on(async {
             let (clock, queue) = cron_world(); // 22:13:05

@@ -497,7 +497,11 @@ impl World {
                             )),
                         }
                     }
-                    TickOutcome::Skipped { previous } => {
+                    TickOutcome::Skipped { previous: None, .. } => {}
+                    TickOutcome::Skipped {
+                        previous: Some(previous),
+                        ..
+                    } => {
                         if s.overlap != OverlapPolicy::Skip || fired.last() != Some(&previous) {
                             msgs.push(format!(
                                 "schedule {} ({:?}): tick {} skipped for {previous}, the last fired job is {:?}",
