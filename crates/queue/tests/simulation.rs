@@ -33,7 +33,7 @@
 //!   previous job is unfinished (overlap `skip`).
 //! - **Fairness bound**: with one tenant flooding 400 jobs, every small tenant gets its first
 //!   claim within 20 claim rounds per tenant with runnable work (`sim/check.rs`).
-//! - **Limits** (with `STEWARD_SIM_LIMITS=1`): never more running jobs than `max_running`,
+//! - **Limits** (on unless `STEWARD_SIM_LIMITS=0`): never more running jobs than `max_running`,
 //!   each in its own slot; a refused enqueue names a limit the tenant has and is at; unfinished
 //!   jobs pass `max_queued` by no more than one round of concurrent enqueues.
 //!
@@ -44,9 +44,8 @@
 //!   replays the same run exactly: same trace hash, same store).
 //! - `STEWARD_SIM_STEPS=R`: rounds of the chaos phase per seed.
 //! - `STEWARD_SIM_TRACE=path`: write the whole trace of the (last) run there.
-//! - `STEWARD_SIM_LIMITS=1`: tenants also get `max_running` and admission limits (they always
-//!   get weights). Off by default while the two ignored cases in `found` fail (with them
-//!   most seeds fail); turn it on by default once they are fixed.
+//! - `STEWARD_SIM_LIMITS=0`: tenants get only weights, no `max_running` or admission
+//!   limits (on by default since the bugs the limits found were fixed).
 
 mod sim;
 
@@ -72,7 +71,7 @@ fn settings() -> Settings {
         steps: env_u64("STEWARD_SIM_STEPS")
             .map_or(DEFAULT_STEPS, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         dump_trace: std::env::var_os("STEWARD_SIM_TRACE").map(Into::into),
-        limits: env_u64("STEWARD_SIM_LIMITS").is_some_and(|n| n != 0),
+        limits: env_u64("STEWARD_SIM_LIMITS").is_none_or(|n| n != 0),
     }
 }
 
