@@ -187,8 +187,7 @@ fn a_seed_replays_exactly() {
 // --------------------------------------------- bugs the simulation found (fixed in df77626)
 
 /// Minimal cases of the bugs the simulation found, kept as regression tests. The first five
-/// failed before `df77626` ("queue: fix four bugs the simulation found"); the ignored ones
-/// still fail (two of them make most `STEWARD_SIM_LIMITS=1` runs fail too).
+/// failed before `df77626`, the last three before `8d93485`.
 mod found {
     use std::time::Duration;
 
