@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use serde_json::json;
 use steward_queue::{
     parse_expression, CancelReason, ClaimRequest, DeadReason, Job, JobState, ListFilter,
-    MissedPolicy, NewJob, OverlapPolicy, Scheduler, TickOutcome, DEFAULT_MISFIRE_GRACE,
+    MissedPolicy, NewJob, OverlapPolicy, RefusedBy, Scheduler, TickOutcome, DEFAULT_MISFIRE_GRACE,
 };
 use uuid::Uuid;
 
@@ -497,7 +497,24 @@ impl World {
                             )),
                         }
                     }
-                    TickOutcome::Skipped { previous: None, .. } => {}
+                    TickOutcome::Skipped {
+                        previous: None,
+                        refused,
+                    } => {
+                        // Refused by admission control: only for a limit the tenant has.
+                        let cfg = self.tenant_cfg.get(&s.tenant).cloned().unwrap_or_default();
+                        let has_limit = match refused {
+                            Some(RefusedBy::MaxQueued) => cfg.max_queued.is_some(),
+                            Some(RefusedBy::MaxQueuedBytes) => cfg.max_queued_bytes.is_some(),
+                            None => false,
+                        };
+                        if !has_limit {
+                            msgs.push(format!(
+                                "schedule {}: tick {} skipped as refused by {refused:?}, but the tenant's settings are {cfg:?}",
+                                s.name, rec.fire_time
+                            ));
+                        }
+                    }
                     TickOutcome::Skipped {
                         previous: Some(previous),
                         ..
