@@ -610,11 +610,33 @@ impl World {
                 spec,
             });
         }
+        // Sometimes another replica, whose wall clock lags by a few seconds, registers the
+        // same schedules right away (as every replica does at start-up): it must add no tick
+        // from before their creation.
+        if self.rng.u32(0..100) < 30 {
+            let now = self.now();
+            let lag = self.rng.i64(500_000..5_000_000);
+            let node = self.rng.usize(0..NODES);
+            self.clock.set_wall_micros(now - lag);
+            for s in self.schedules.clone() {
+                let res = Scheduler::new(&self.nodes[node]).upsert(s.spec).await;
+                self.trace(format!(
+                    "n{node} (clock {lag} us behind) upsert {} -> {:?}",
+                    s.name,
+                    res.as_ref().map(|s| s.next_fire)
+                ));
+                if let Err(e) = res {
+                    self.violation(format!("upserting schedule {} failed: {e}", s.name));
+                }
+            }
+            self.clock.set_wall_micros(now);
+        }
     }
 
     // ---------------------------------------------------------------------- chaos phase
 
-    fn move_clock(&mut self) {
+    /// Moves the clock. Returns whether the wall clock jumped back.
+    fn move_clock(&mut self) -> bool {
         let r = self.rng.u32(0..1000);
         let wall = self.now();
         let what = match r {
@@ -647,11 +669,12 @@ impl World {
         };
         self.max_wall = self.max_wall.max(self.now());
         self.trace(format!("r{} clock: {what} -> {}", self.round, self.now()));
+        r >= 980
     }
 
     async fn step(&mut self) {
         self.round += 1;
-        self.move_clock();
+        let jumped_back = self.move_clock();
         if self.round.is_multiple_of(AUDIT_EVERY) {
             self.audit(false).await;
             return;
@@ -744,8 +767,9 @@ impl World {
         if self.rng.u32(0..100) < 25 {
             ops.extend((0..NODES).map(|replica| Op::Tick { replica }));
         }
-        if self.rng.u32(0..100) < 2 {
-            // A replica restarts and registers its schedules again.
+        // A replica restarts and registers its schedules again (more often just after an
+        // NTP step back: then its clock lags the time the schedules were last handled at).
+        if self.rng.u32(0..100) < if jumped_back { 50 } else { 2 } {
             let replica = self.rng.usize(0..NODES);
             for s in &self.schedules {
                 ops.push(Op::Upsert {
