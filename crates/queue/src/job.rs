@@ -161,6 +161,9 @@ pub struct Job {
     /// the marker that makes a worker's report idempotent when it is retried after
     /// `commit_unknown_result`. A lease that expires does not set it.
     pub ended_token: Option<Uuid>,
+    /// The state the report under `ended_token` produced (its answer, if it is retried).
+    #[serde(default)]
+    pub ended_state: Option<JobState>,
     /// A cancellation was asked for while it ran; the worker learns it at its next heartbeat.
     pub cancel_requested: bool,
     /// The latest failed attempts.

@@ -302,6 +302,7 @@ impl Queue {
             finished_at: None,
             lease: None,
             ended_token: None,
+            ended_state: None,
             cancel_requested: false,
             errors: Vec::new(),
             result: None,
@@ -810,7 +811,10 @@ impl Queue {
                 let keys = TenantKeys::new(lease.tenant);
                 let job = load_required(&tx, &keys, lease.job_id).await?;
                 if job.ended_token == Some(lease.token) {
-                    return Ok(job.state); // An earlier attempt of this call committed.
+                    // An earlier attempt of this call committed: answer the state that report
+                    // produced, not the job's state now (another worker or a cancel may have
+                    // moved it since).
+                    return Ok(job.ended_state.unwrap_or(job.state));
                 }
                 check_fence(&job, lease)?;
                 let now = self.now();
@@ -850,6 +854,7 @@ impl Queue {
                         finish(&mut next, JobState::Cancelled, now, None);
                     }
                 }
+                next.ended_state = Some(next.state);
                 self.save(&tx, &keys, Some(&job), &next)?;
                 Ok(next.state)
             })

@@ -604,7 +604,6 @@ mod found {
     /// `cancelled`, or `dead` when another worker's attempt failed for good). Keeping the
     /// state the report produced next to `ended_token` would answer it exactly.
     #[test]
-    #[ignore = "bug: fail() retried after commit_unknown_result answers the job's current state, not the one the report produced"]
     fn a_retried_fail_answers_the_state_it_produced() {
         runtime().block_on(async {
             let clock = ManualClock::new(1_700_000_000_000_000);
