@@ -32,6 +32,8 @@
 //! ("t", T, "file", "rec",   FILE)             -> File
 //! ("t", T, "file", "path",  WORKSPACE, PATH)  -> FILE (16 bytes) unique per workspace
 //! ("t", T, "file", "ver",   FILE, VERSION)    -> FileVersion
+//! ("t", T, "mem",  S, I)                      -> MemoryItem      item I of session S's latest summary
+//! ("t", T, "llm",  "use", PROVIDER, DIR, SHARD) -> i64           LLM tokens (DIR "in"/"out"; atomic add)
 //! ```
 //!
 //! Times are i64 microseconds since the epoch; ids are UUIDv7 (tuple UUID type); `VS` is a
@@ -229,6 +231,38 @@ impl TenantKeys {
         // Every index key ends with the session's UUID: 0x30 and 16 bytes.
         let tail = key.len().checked_sub(17)?;
         unpack::<Uuid>(&key[tail..]).ok()
+    }
+
+    // ---- session memory (items distilled from a session's summary) ----
+
+    /// Memory item `index` of a session: `("t", T, "mem", S, I)`.
+    pub(crate) fn memory_item(&self, session: Uuid, index: u32) -> Vec<u8> {
+        self.t.pack(&("mem", session, index))
+    }
+
+    /// Every memory item of a session, in index order.
+    pub(crate) fn memory_of(&self, session: Uuid) -> RangeOption {
+        prefix(&self.t.pack(&("mem", session)))
+    }
+
+    // ---- LLM token usage (sharded counters, summed on read) ----
+
+    /// One shard of a token counter: `("t", T, "llm", "use", PROVIDER, DIR, SHARD)`.
+    pub(crate) fn llm_usage(&self, provider: &str, direction: &str, shard: u32) -> Vec<u8> {
+        self.t.pack(&("llm", "use", provider, direction, shard))
+    }
+
+    /// Every token counter shard of the tenant.
+    pub(crate) fn llm_usage_all(&self) -> RangeOption {
+        prefix(&self.t.pack(&("llm", "use")))
+    }
+
+    /// `(provider, direction)` of a counter shard key.
+    pub(crate) fn parse_llm_usage(&self, key: &[u8]) -> Option<(String, String)> {
+        self.t
+            .unpack::<(String, String, String, String, u32)>(key)
+            .ok()
+            .map(|(_, _, p, d, _)| (p, d))
     }
 
     // ---- conversations ----
@@ -441,6 +475,8 @@ mod tests {
             k.file(id),
             k.file_path("/w", "src/a.rs"),
             k.file_version(id, 1),
+            k.memory_item(id, 0),
+            k.llm_usage("openai", "in", 3),
         ] {
             assert!(key.starts_with(&root), "{key:?}");
             assert!(!key.starts_with(&queue), "{key:?}");
@@ -478,5 +514,21 @@ mod tests {
             assert!(k.audit_sealed(s) >= r.begin && k.audit_sealed(s) < r.end);
         }
         assert!(k.audit_sealed(1) < r.begin && k.audit_sealed(5) >= r.end);
+    }
+
+    #[test]
+    fn memory_ranges_hold_one_session_only() {
+        let k = TenantKeys::new(Uuid::from_u128(1));
+        let (s1, s2) = (Uuid::from_u128(2), Uuid::from_u128(3));
+        let r = k.memory_of(s1);
+        for i in [0, 1, u32::MAX] {
+            let key = k.memory_item(s1, i);
+            assert!(key >= r.begin && key < r.end);
+            assert!(!(k.memory_item(s2, i) >= r.begin && k.memory_item(s2, i) < r.end));
+        }
+        assert_eq!(
+            k.parse_llm_usage(&k.llm_usage("anthropic", "out", 7)),
+            Some(("anthropic".to_owned(), "out".to_owned()))
+        );
     }
 }

@@ -123,6 +123,11 @@ pub use crate::workspace::{
     MAX_COMMAND_BYTES, MAX_RELATED, MAX_SESSION_BYTES, MAX_SESSION_NAME_BYTES, MAX_SUMMARY_BYTES,
     MAX_WORKSPACE_BYTES,
 };
+pub use crate::workspace::{
+    FileChangeItem, LlmUsage, MemoryItem, MemoryKind, StructuredSummary, SummaryDetail,
+    SummaryItem, SummaryMethod, SummaryWrite, MAX_ITEM_SOURCES, MAX_MEMORY_SESSIONS,
+    MAX_SUMMARY_ITEMS, MAX_SUMMARY_ITEM_BYTES,
+};
 
 /// Most items one list call returns.
 pub const MAX_PAGE: usize = 1000;

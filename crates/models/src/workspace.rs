@@ -5,10 +5,10 @@
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use steward_store::{RangeOption, Transaction};
+use steward_store::{decode_counter, RangeOption, Transaction};
 use uuid::Uuid;
 
-use crate::codec::{check_len, decode, encode, join_chunks, write_chunks};
+use crate::codec::{check_len, decode, encode, join_chunks, write_chunks, MAX_INLINE_VALUE};
 use crate::conversation::MessagePosition;
 use crate::error::{Error, Result};
 use crate::file::MAX_PATH_BYTES;
@@ -130,6 +130,264 @@ pub struct SessionSummary {
     pub created_at: i64,
 }
 
+/// Most items in one list of a [`StructuredSummary`] (decisions, changes, ...).
+pub const MAX_SUMMARY_ITEMS: usize = 64;
+/// Longest text of one summary item (and of a change's file path: [`MAX_PATH_BYTES`]), in bytes.
+pub const MAX_SUMMARY_ITEM_BYTES: usize = 2048;
+/// Most message positions one summary item cites.
+pub const MAX_ITEM_SOURCES: usize = 32;
+/// Most sessions one [`WorkspaceSessions::memory_items_of`] call reads.
+pub const MAX_MEMORY_SESSIONS: usize = 100;
+/// Shards of each LLM token counter (summed on read).
+const USAGE_SHARDS: u32 = 16;
+
+/// How a summary was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SummaryMethod {
+    /// By an LLM from the (redacted) conversation.
+    Llm,
+    /// Deterministically from the records (user requests, files changed, failed commands), when
+    /// no LLM is configured, the tenant may not use one, or it failed.
+    #[default]
+    Extractive,
+}
+
+/// One statement of a summary and the messages it rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryItem {
+    /// The statement.
+    pub text: String,
+    /// The messages it cites (at most [`MAX_ITEM_SOURCES`]).
+    #[serde(default)]
+    pub sources: Vec<MessagePosition>,
+}
+
+/// A change to a file and the messages it rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChangeItem {
+    /// Workspace-relative path.
+    pub file: String,
+    /// What changed.
+    pub what: String,
+    /// The messages it cites.
+    #[serde(default)]
+    pub sources: Vec<MessagePosition>,
+}
+
+/// The structured part of a session summary: each item cites its messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StructuredSummary {
+    /// What the user is trying to achieve.
+    #[serde(default)]
+    pub intent: Option<SummaryItem>,
+    /// Decisions taken.
+    #[serde(default)]
+    pub decisions: Vec<SummaryItem>,
+    /// Files changed and how.
+    #[serde(default)]
+    pub changes: Vec<FileChangeItem>,
+    /// Errors met and fixed (stored as lessons in memory).
+    #[serde(default)]
+    pub errors_fixed: Vec<SummaryItem>,
+    /// What is still to do.
+    #[serde(default)]
+    pub open_todos: Vec<SummaryItem>,
+    /// Where the work stands.
+    #[serde(default)]
+    pub current_state: Option<SummaryItem>,
+    /// The next step.
+    #[serde(default)]
+    pub next_step: Option<SummaryItem>,
+}
+
+fn check_item(field: &'static str, text: &str, sources: &[MessagePosition]) -> Result<()> {
+    check_len(field, text, MAX_SUMMARY_ITEM_BYTES, true)?;
+    if sources.len() > MAX_ITEM_SOURCES {
+        return Err(Error::invalid(
+            field,
+            format!("cites at most {MAX_ITEM_SOURCES} messages"),
+        ));
+    }
+    Ok(())
+}
+
+impl StructuredSummary {
+    /// Checks sizes: at most [`MAX_SUMMARY_ITEMS`] per list, item texts non-empty and at most
+    /// [`MAX_SUMMARY_ITEM_BYTES`], paths at most [`MAX_PATH_BYTES`], at most
+    /// [`MAX_ITEM_SOURCES`] citations per item.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the list (`summary.decisions`, ...).
+    pub fn validate(&self) -> Result<()> {
+        let singles = [
+            ("summary.intent", &self.intent),
+            ("summary.current_state", &self.current_state),
+            ("summary.next_step", &self.next_step),
+        ];
+        for (field, item) in singles {
+            if let Some(i) = item {
+                check_item(field, &i.text, &i.sources)?;
+            }
+        }
+        let lists = [
+            ("summary.decisions", &self.decisions),
+            ("summary.errors_fixed", &self.errors_fixed),
+            ("summary.open_todos", &self.open_todos),
+        ];
+        for (field, list) in lists {
+            if list.len() > MAX_SUMMARY_ITEMS {
+                return Err(Error::invalid(
+                    field,
+                    format!("at most {MAX_SUMMARY_ITEMS} items"),
+                ));
+            }
+            for i in list {
+                check_item(field, &i.text, &i.sources)?;
+            }
+        }
+        if self.changes.len() > MAX_SUMMARY_ITEMS {
+            return Err(Error::invalid(
+                "summary.changes",
+                format!("at most {MAX_SUMMARY_ITEMS} items"),
+            ));
+        }
+        for c in &self.changes {
+            check_len("summary.changes", &c.file, MAX_PATH_BYTES, true)?;
+            check_item("summary.changes", &c.what, &c.sources)?;
+        }
+        Ok(())
+    }
+
+    /// The memory items this summary yields for `session`: its decisions, changes, open todos
+    /// and fixed errors (as lessons), numbered in that order.
+    #[must_use]
+    pub fn memory_items(
+        &self,
+        session: Uuid,
+        method: SummaryMethod,
+        created_at: i64,
+    ) -> Vec<MemoryItem> {
+        let mut out = Vec::new();
+        let mut push = |kind, text: &str, file: Option<&str>, sources: &[MessagePosition]| {
+            out.push(MemoryItem {
+                session_id: session,
+                index: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                kind,
+                text: text.to_owned(),
+                file: file.map(str::to_owned),
+                sources: sources.to_vec(),
+                method,
+                created_at,
+            });
+        };
+        for d in &self.decisions {
+            push(MemoryKind::Decision, &d.text, None, &d.sources);
+        }
+        for c in &self.changes {
+            push(MemoryKind::Change, &c.what, Some(&c.file), &c.sources);
+        }
+        for t in &self.open_todos {
+            push(MemoryKind::Todo, &t.text, None, &t.sources);
+        }
+        for e in &self.errors_fixed {
+            push(MemoryKind::Lesson, &e.text, None, &e.sources);
+        }
+        out
+    }
+}
+
+/// What a summary run knows beyond [`SessionSummary`]: the structured summary, how it was
+/// made, and what it covered. Written together with `summary` by
+/// [`WorkspaceSessions::put_summary`]; it belongs to that summary while `through` equals
+/// `summary.through`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryDetail {
+    /// The watermark (a copy of `SessionSummary::through`).
+    pub through: Option<MessagePosition>,
+    /// The structured summary.
+    pub structured: StructuredSummary,
+    /// LLM or extractive.
+    pub method: SummaryMethod,
+    /// The LLM provider (`openai`, `anthropic`), for LLM summaries.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The model, for LLM summaries.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A hash of the input this summary was made from (to skip an unchanged input).
+    #[serde(default)]
+    pub input_hash: String,
+    /// `started_at` of the last terminal command covered.
+    #[serde(default)]
+    pub terminal_through: Option<i64>,
+    /// LLM input tokens spent on this run.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// LLM output tokens spent on this run.
+    #[serde(default)]
+    pub output_tokens: u64,
+}
+
+/// What kind of memory item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    /// A decision taken.
+    Decision,
+    /// A change to a file.
+    Change,
+    /// Something still to do.
+    Todo,
+    /// An error met and how it was fixed.
+    Lesson,
+}
+
+/// One item of a session's memory, distilled from its latest summary; what the cross-session
+/// context builder reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryItem {
+    /// The session it comes from.
+    pub session_id: Uuid,
+    /// Its number within the session (0-based, in the summary's order).
+    pub index: u32,
+    /// Decision, change, todo or lesson.
+    pub kind: MemoryKind,
+    /// The statement (for a change: what changed).
+    pub text: String,
+    /// The file, for a change.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// The messages it cites.
+    #[serde(default)]
+    pub sources: Vec<MessagePosition>,
+    /// How the summary it comes from was made.
+    pub method: SummaryMethod,
+    /// When that summary was made (µs).
+    pub created_at: i64,
+}
+
+/// What [`WorkspaceSessions::put_summary`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SummaryWrite {
+    /// The summary, its detail and memory items were written (or had been, by this call's
+    /// earlier attempt).
+    Written(WorkspaceSession),
+    /// Nothing written: the stored summary already covers later messages.
+    Superseded(WorkspaceSession),
+}
+
+/// Tokens a tenant spent on one LLM provider (summed over the counter's shards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmUsage {
+    /// `openai`, `anthropic`, ...
+    pub provider: String,
+    /// Input (prompt) tokens.
+    pub input_tokens: u64,
+    /// Output (completion) tokens.
+    pub output_tokens: u64,
+}
+
 /// A persistent IDE session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceSession {
@@ -176,6 +434,9 @@ pub struct WorkspaceSession {
     /// Latest summary.
     #[serde(default)]
     pub summary: Option<SessionSummary>,
+    /// The latest summary's structured form and provenance (see [`SummaryDetail`]).
+    #[serde(default)]
+    pub summary_detail: Option<SummaryDetail>,
 }
 
 impl WorkspaceSession {
@@ -214,6 +475,16 @@ impl WorkspaceSession {
         }
         if let Some(s) = &self.summary {
             check_len("summary.text", &s.text, MAX_SUMMARY_BYTES, false)?;
+        }
+        if let Some(d) = &self.summary_detail {
+            d.structured.validate()?;
+            if let Some(m) = &d.model {
+                check_len("summary.model", m, 256, false)?;
+            }
+            if let Some(p) = &d.provider {
+                check_len("summary.provider", p, 64, false)?;
+            }
+            check_len("summary.input_hash", &d.input_hash, 256, false)?;
         }
         encode("workspace_session", self, MAX_SESSION_BYTES)
     }
@@ -299,6 +570,7 @@ impl<'a> WorkspaceSessions<'a> {
             updated_at: now,
             last_activity_at: now,
             summary: None,
+            summary_detail: None,
         };
         self.insert(tenant, session).await
     }
@@ -455,8 +727,9 @@ impl<'a> WorkspaceSessions<'a> {
                 let Some(old) = read_session(&tx, keys, id).await? else {
                     return Ok(false);
                 };
-                let r = keys.ws_chunks(id);
-                tx.clear_range(&r.begin, &r.end);
+                for r in [keys.ws_chunks(id), keys.memory_of(id)] {
+                    tx.clear_range(&r.begin, &r.end);
+                }
                 for k in old.index_keys(keys) {
                     tx.clear(&k);
                 }
@@ -590,6 +863,162 @@ impl<'a> WorkspaceSessions<'a> {
                     .iter()
                     .filter_map(|kv| keys.parse_ws_activity(&kv.key))
                     .collect())
+            })
+            .await
+    }
+
+    /// Writes a summary run's result: `summary` and `detail` on the session and the memory
+    /// items of `detail.structured` (replacing the session's previous items), plus the run's
+    /// token usage for `detail.provider` (sharded counters), all in one transaction.
+    /// `last_activity_at` does not move (summarizing is not activity). Refused as
+    /// [`SummaryWrite::Superseded`] when the stored summary covers later messages than
+    /// `summary.through`. Safe to retry after `commit_unknown_result`: an attempt that finds
+    /// its own result stored answers it without writing (or counting tokens) again.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Invalid`] naming a field (`summary.through` when
+    /// `detail.through` differs from it, `summary.decisions`, ...); store errors.
+    pub async fn put_summary(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        summary: SessionSummary,
+        detail: SummaryDetail,
+    ) -> Result<SummaryWrite> {
+        if detail.through != summary.through {
+            return Err(Error::invalid(
+                "summary.through",
+                "the detail's watermark must equal the summary's",
+            ));
+        }
+        detail.structured.validate()?;
+        let items = detail
+            .structured
+            .memory_items(id, detail.method, summary.created_at);
+        let values = items
+            .iter()
+            .map(|i| encode("memory_item", i, MAX_INLINE_VALUE))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = TenantKeys::new(tenant);
+        let now = self.m.now();
+        let (keys, summary, detail, values) = (&keys, &summary, &detail, &values);
+        self.m
+            .db()
+            .transact(|tx, maybe_committed| async move {
+                let old = read_session(&tx, keys, id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("workspace session", id))?;
+                if maybe_committed.0
+                    && old.summary.as_ref() == Some(summary)
+                    && old.summary_detail.as_ref() == Some(detail)
+                {
+                    return Ok(SummaryWrite::Written(old));
+                }
+                if old.summary.as_ref().and_then(|s| s.through) > summary.through {
+                    return Ok(SummaryWrite::Superseded(old));
+                }
+                let mut new = old.clone();
+                new.summary = Some(summary.clone());
+                new.summary_detail = Some(detail.clone());
+                new.updated_at = now.max(old.updated_at);
+                let bytes = new.validate()?;
+                write_session(&tx, keys, &new, &bytes, Some(&old));
+                let r = keys.memory_of(id);
+                tx.clear_range(&r.begin, &r.end);
+                for (i, v) in values.iter().enumerate() {
+                    tx.set(
+                        &keys.memory_item(id, u32::try_from(i).unwrap_or(u32::MAX)),
+                        v,
+                    );
+                }
+                if let Some(p) = &detail.provider {
+                    let shard = u32::from(id.as_bytes()[15]) % USAGE_SHARDS;
+                    for (dir, n) in [("in", detail.input_tokens), ("out", detail.output_tokens)] {
+                        if n > 0 {
+                            tx.add(
+                                &keys.llm_usage(p, dir, shard),
+                                i64::try_from(n).unwrap_or(i64::MAX),
+                            );
+                        }
+                    }
+                }
+                Ok(SummaryWrite::Written(new))
+            })
+            .await
+    }
+
+    /// The memory items of a session's latest summary, in order (empty if it has none).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]; store errors.
+    pub async fn memory_items(&self, tenant: Uuid, session: Uuid) -> Result<Vec<MemoryItem>> {
+        self.memory_items_of(tenant, &[session]).await
+    }
+
+    /// The memory items of several sessions (at most [`MAX_MEMORY_SESSIONS`]), session by
+    /// session in the order given, each in its own order; one consistent read.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (`sessions`) for too many sessions; [`Error::Corrupt`]; store errors.
+    pub async fn memory_items_of(
+        &self,
+        tenant: Uuid,
+        sessions: &[Uuid],
+    ) -> Result<Vec<MemoryItem>> {
+        if sessions.len() > MAX_MEMORY_SESSIONS {
+            return Err(Error::invalid(
+                "sessions",
+                format!("at most {MAX_MEMORY_SESSIONS} per call"),
+            ));
+        }
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        self.m
+            .db()
+            .transact(|tx, _| async move {
+                let mut out = Vec::new();
+                for &s in sessions {
+                    for kv in tx.get_range_all(&keys.memory_of(s).snapshot()).await? {
+                        out.push(decode::<MemoryItem>(
+                            || format!("memory item of session {s}"),
+                            &kv.value,
+                        )?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Tokens the tenant's summaries spent, per LLM provider (sorted by provider).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn llm_usage(&self, tenant: Uuid) -> Result<Vec<LlmUsage>> {
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        self.m
+            .db()
+            .transact(|tx, _| async move {
+                let mut sums: std::collections::BTreeMap<String, LlmUsage> =
+                    std::collections::BTreeMap::new();
+                for kv in tx.get_range_all(&keys.llm_usage_all().snapshot()).await? {
+                    let Some((provider, dir)) = keys.parse_llm_usage(&kv.key) else {
+                        continue;
+                    };
+                    let n = u64::try_from(decode_counter(Some(&kv.value))).unwrap_or(0);
+                    let e = sums.entry(provider.clone()).or_insert(LlmUsage {
+                        provider,
+                        input_tokens: 0,
+                        output_tokens: 0,
+                    });
+                    if dir == "in" {
+                        e.input_tokens = e.input_tokens.saturating_add(n);
+                    } else {
+                        e.output_tokens = e.output_tokens.saturating_add(n);
+                    }
+                }
+                Ok(sums.into_values().collect())
             })
             .await
     }
