@@ -335,6 +335,10 @@ pub struct Lease {
     pub timeout_ms: u64,
     /// The IDE session, if any.
     pub session_id: Option<Uuid>,
+    /// When the job became runnable (µs): the later of its creation and its `run_at`. The
+    /// wait before this claim is the claim time minus this.
+    #[serde(default)]
+    pub ready_at: i64,
 }
 
 /// How an attempt ended, other than success.

@@ -566,6 +566,7 @@ impl Queue {
                 expires_at: lease_end,
                 timeout_ms: next.timeout_ms,
                 session_id: next.session_id,
+                ready_at: job.run_at.max(job.created_at),
             });
         }
         if candidates.len() > claimed {

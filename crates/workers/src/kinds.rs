@@ -1,0 +1,99 @@
+//! The built-in job kinds: their stable kind strings and typed arguments and results. The API
+//! uses these to validate what it enqueues; the handlers in [`crate::handlers`] run them.
+//!
+//! | kind | arguments | result |
+//! |---|---|---|
+//! | `summarize_session` | [`SummarizeSessionArgs`] | the summarizer's outcome |
+//! | `build_cross_session_context` | the context request | the context result |
+//! | `expire_auth_tokens` | [`TenantMaintenanceArgs`] | counts |
+//! | `compact_audit_log` | [`TenantMaintenanceArgs`] | counts |
+//! | `summarize_idle_sessions` | [`SummarizeIdleArgs`] | [`SummarizeIdleResult`] |
+//! | `prune_jobs` | [`TenantMaintenanceArgs`] | [`PruneJobsResult`] |
+//! | `steward.cron_fanout` | (the queue's) | [`FanOutResult`] |
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Summarize one workspace session (incrementally).
+pub const SUMMARIZE_SESSION: &str = "summarize_session";
+/// Build a token-budgeted cross-session context ("session-to-session advice").
+pub const BUILD_CROSS_SESSION_CONTEXT: &str = "build_cross_session_context";
+/// Expire and delete a tenant's refresh-token families.
+pub const EXPIRE_AUTH_TOKENS: &str = "expire_auth_tokens";
+/// Compact a tenant's audit log into signed segments.
+pub const COMPACT_AUDIT_LOG: &str = "compact_audit_log";
+/// Enqueue `summarize_session` for a tenant's idle sessions.
+pub const SUMMARIZE_IDLE_SESSIONS: &str = "summarize_idle_sessions";
+/// Remove a tenant's finished jobs past retention.
+pub const PRUNE_JOBS: &str = "prune_jobs";
+/// The fan-out of system cron schedules (owned by the queue).
+pub const CRON_FANOUT: &str = steward_queue::FANOUT_KIND;
+
+/// Every built-in kind.
+pub const BUILTIN: &[&str] = &[
+    SUMMARIZE_SESSION,
+    BUILD_CROSS_SESSION_CONTEXT,
+    EXPIRE_AUTH_TOKENS,
+    COMPACT_AUDIT_LOG,
+    SUMMARIZE_IDLE_SESSIONS,
+    PRUNE_JOBS,
+    CRON_FANOUT,
+];
+
+/// Kinds an API caller may enqueue directly (the fan-out is the scheduler's own).
+pub const ENQUEUEABLE: &[&str] = &[
+    SUMMARIZE_SESSION,
+    BUILD_CROSS_SESSION_CONTEXT,
+    EXPIRE_AUTH_TOKENS,
+    COMPACT_AUDIT_LOG,
+    SUMMARIZE_IDLE_SESSIONS,
+    PRUNE_JOBS,
+];
+
+/// Arguments of [`SUMMARIZE_SESSION`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummarizeSessionArgs {
+    /// The workspace session (of the job's tenant).
+    pub session_id: Uuid,
+}
+
+/// Arguments of the per-tenant maintenance kinds (the tenant is the job's own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantMaintenanceArgs {}
+
+/// Arguments of [`SUMMARIZE_IDLE_SESSIONS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummarizeIdleArgs {
+    /// Sessions without activity for this long are summarized.
+    pub idle_after_minutes: u64,
+}
+
+/// Result of [`SUMMARIZE_IDLE_SESSIONS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummarizeIdleResult {
+    /// Idle sessions looked at.
+    pub examined: usize,
+    /// `summarize_session` jobs enqueued (new ones; duplicates of a pending job not counted).
+    pub enqueued: usize,
+}
+
+/// Result of [`PRUNE_JOBS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneJobsResult {
+    /// Completed and cancelled jobs removed.
+    pub finished: usize,
+    /// Dead jobs removed.
+    pub dead: usize,
+}
+
+/// Result of [`CRON_FANOUT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanOutResult {
+    /// Tenants in the directory.
+    pub tenants: usize,
+    /// Jobs enqueued by this attempt (a retried fan-out enqueues only what is missing).
+    pub enqueued: usize,
+}
