@@ -24,9 +24,11 @@ pub mod error;
 pub mod handler;
 pub mod handlers;
 pub mod kinds;
+pub mod llm;
 pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
+pub mod summarize;
 
 pub use crate::config::{SchedulesConfig, WorkerConfig};
 pub use crate::error::{Error, Result};
