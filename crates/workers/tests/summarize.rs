@@ -463,8 +463,16 @@ async fn schema_violations_are_refused() {
         // A wrong type.
         json!({"intent": null, "decisions": "none", "changes": [], "errors_fixed": [],
                "open_todos": [], "current_state": null, "next_step": null}),
-        // An item without citations.
-        json!({"intent": {"text": "x", "sources": []}, "decisions": [], "changes": [],
+        // An empty text.
+        json!({"intent": {"text": " ", "sources": ["m1"]}, "decisions": [], "changes": [],
+               "errors_fixed": [], "open_todos": [], "current_state": null, "next_step": null}),
+        // A change without its file.
+        json!({"intent": null, "decisions": [], "changes": [{"what": "x", "sources": ["m1"]}],
+               "errors_fixed": [], "open_todos": [], "current_state": null, "next_step": null}),
+        // Prose around the object.
+        json!("Here you go: {}"),
+        // A citation that is not a label.
+        json!({"intent": {"text": "x", "sources": [1]}, "decisions": [], "changes": [],
                "errors_fixed": [], "open_todos": [], "current_state": null, "next_step": null}),
     ];
     for bad in cases {

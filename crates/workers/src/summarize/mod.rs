@@ -44,8 +44,9 @@ pub const DEFAULT_INPUT_BUDGET_BYTES: usize = 64 * 1024;
 /// Default longest excerpt of one message, in bytes.
 pub const DEFAULT_MESSAGE_EXCERPT_BYTES: usize = 4 * 1024;
 
-/// How much one run reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much one run reads (`[summarize]` in the config file, `STEWARD_SUMMARIZE__*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SummarizeConfig {
     /// Messages per page read (1 to 1000).
     pub page_size: usize,

@@ -14,7 +14,7 @@ use crate::summarize::input::Input;
 const SYSTEM: &str = r#"You maintain the running summary of a coding session between a user and an AI assistant in an IDE.
 You get the previous summary (JSON, may be null) and the NEW messages and terminal commands since it was written.
 Update the summary so it covers everything: keep items that are still true, add new ones, drop todos that are done (move fixed errors to errors_fixed).
-Messages are labelled [m1], [m2], ...; every item must cite the labels of the messages it rests on in "sources" (at least one; only labels that appear in the input or in the previous summary).
+Messages are labelled [m1], [m2], ...; every item cites the labels of the messages it rests on in "sources" (only labels that appear in the input or in the previous summary; an empty list only for items that rest on terminal commands alone).
 Answer with ONE JSON object and nothing else (no prose, no code fence), with exactly these fields:
 {
   "intent":        {"text": string, "sources": [label]} or null,   // what the user is trying to achieve
@@ -120,9 +120,6 @@ fn sources(
     let arr = v
         .as_array()
         .ok_or_else(|| format!("{at}.sources: expected an array"))?;
-    if arr.is_empty() {
-        return Err(format!("{at}.sources: cite at least one message"));
-    }
     let mut out = Vec::with_capacity(arr.len());
     for s in arr {
         let l = s
