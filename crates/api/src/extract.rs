@@ -29,6 +29,10 @@ fn field_of(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
         .or_else(|| message.strip_prefix("missing field `"))
     {
         if let Some(name) = rest.split('`').next() {
+            // serde_path_to_error already ends the path with an unknown field's name.
+            if field == name || field.ends_with(&format!(".{name}")) {
+                return Some(field);
+            }
             field = if field.is_empty() {
                 name.to_string()
             } else {
