@@ -534,6 +534,72 @@ async fn provider_failures_fall_back_to_extractive() {
 }
 
 #[tokio::test]
+async fn the_run_deadline_bounds_all_llm_retries() {
+    let w = World::new(true).await;
+    three_messages(&w).await;
+    let fake = Fake::start(vec![
+        Reply::openai(&good_answer(), 1, 1).delay(std::time::Duration::from_secs(5))
+    ])
+    .await;
+    let llm = client(Provider::OpenAi, &fake); // 1 s per attempt, one retry
+    let cfg = SummarizeConfig {
+        llm_deadline_ms: 300,
+        ..SummarizeConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let out = summarize_session_with(&w.models, Some(&llm), &cfg, w.tenant, w.session, NOW)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    let r = summarized(&out);
+    assert_eq!(r.method, SummaryMethod::Extractive);
+    assert!(r.fallback.as_deref().unwrap().contains("deadline"), "{r:?}");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_llm_summary_builds_on_an_extractive_one() {
+    // First without an LLM: items from terminal commands cite no message.
+    let w = World::new(true).await;
+    let p = three_messages(&w).await;
+    w.commands(&[("cargo test", Some(101), 10)]).await;
+    summarized(&w.run(None).await);
+    // Then only a new command: the model sees the previous summary and the command.
+    w.commands(&[("cargo test", Some(101), 10), ("cargo test", Some(0), 20)])
+        .await;
+    let answer = json!({
+        "intent": {"text": "Build the login page", "sources": ["m1"]},
+        "decisions": [], "changes": [],
+        "errors_fixed": [{"text": "cargo test passes again", "sources": []}],
+        "open_todos": [], "current_state": {"text": "tests pass", "sources": []},
+        "next_step": null
+    })
+    .to_string();
+    let fake = Fake::start(vec![Reply::openai(&answer, 3, 3)]).await;
+    let llm = client(Provider::OpenAi, &fake);
+    let out = w.run(Some(&llm)).await;
+    let r = summarized(&out);
+    assert_eq!(
+        (r.method, r.new_messages, r.new_commands),
+        (SummaryMethod::Llm, 0, 1)
+    );
+    let prompt = fake.requests()[0].json()["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(prompt.contains("`cargo test` fails (exit 101)"), "{prompt}");
+    assert!(prompt.contains("$ cargo test  -> 0"), "{prompt}");
+    // The old messages are not sent again (only the previous summary's words about them).
+    assert!(!prompt.contains("[m1] user:"), "{prompt}");
+    assert!(!prompt.contains("third-msg"), "{prompt}");
+    let s = w.session().await;
+    assert_eq!(s.summary.as_ref().unwrap().through, Some(p[2]));
+    let d = s.summary_detail.unwrap();
+    assert_eq!(d.structured.intent.unwrap().sources, vec![p[0]]);
+    assert_eq!(d.terminal_through, Some(20));
+}
+
+#[tokio::test]
 async fn extractive_summary_lists_requests_files_and_failed_commands() {
     let w = World::new(true).await;
     let mut edit = NewMessage::text(MessageRole::Assistant, "Editing the handler.");

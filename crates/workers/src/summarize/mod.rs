@@ -43,6 +43,9 @@ pub const DEFAULT_MAX_MESSAGES: usize = 2000;
 pub const DEFAULT_INPUT_BUDGET_BYTES: usize = 64 * 1024;
 /// Default longest excerpt of one message, in bytes.
 pub const DEFAULT_MESSAGE_EXCERPT_BYTES: usize = 4 * 1024;
+/// Default time the LLM gets per run (all requests, retries and waits), in milliseconds;
+/// past it the run falls back to the extractive summary.
+pub const DEFAULT_LLM_DEADLINE_MS: u64 = 300_000;
 
 /// How much one run reads (`[summarize]` in the config file, `STEWARD_SUMMARIZE__*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +59,9 @@ pub struct SummarizeConfig {
     pub input_budget_bytes: usize,
     /// Longest excerpt of one message (256 B to the budget); longer ones keep head and tail.
     pub message_excerpt_bytes: usize,
+    /// Time the LLM gets per run, retries, `Retry-After` waits and the second try included
+    /// (100 ms to 1 hour); then the extractive fallback. Keep it under the job's timeout.
+    pub llm_deadline_ms: u64,
 }
 
 impl Default for SummarizeConfig {
@@ -65,6 +71,7 @@ impl Default for SummarizeConfig {
             max_messages: DEFAULT_MAX_MESSAGES,
             input_budget_bytes: DEFAULT_INPUT_BUDGET_BYTES,
             message_excerpt_bytes: DEFAULT_MESSAGE_EXCERPT_BYTES,
+            llm_deadline_ms: DEFAULT_LLM_DEADLINE_MS,
         }
     }
 }
@@ -98,6 +105,12 @@ impl SummarizeConfig {
             self.message_excerpt_bytes,
             256,
             self.input_budget_bytes,
+        )?;
+        check(
+            "summarize.llm_deadline_ms",
+            usize::try_from(self.llm_deadline_ms).unwrap_or(usize::MAX),
+            100,
+            3_600_000,
         )
     }
 }
@@ -302,7 +315,19 @@ pub async fn summarize_session_with(
     let mut produced: Option<(StructuredSummary, String)> = None;
     if let Some(client) = llm {
         if t.limits.third_party_llm || client.first_party() {
-            match ask(client, tenant, prev_structured, &input, &mut report).await {
+            let deadline = std::time::Duration::from_millis(config.llm_deadline_ms);
+            let asked = tokio::time::timeout(
+                deadline,
+                ask(client, tenant, prev_structured, &input, &mut report),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the LLM did not answer within the run's deadline of {} ms",
+                    config.llm_deadline_ms
+                ))
+            });
+            match asked {
                 Ok((s, model)) => produced = Some((s, model)),
                 Err(why) => {
                     tracing::warn!(%tenant, session = %session_id, reason = %why, "LLM summary failed; extractive fallback");
