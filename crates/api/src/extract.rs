@@ -217,6 +217,15 @@ impl FromRequestParts<AppState> for Principal {
                 leeway: cfg.leeway,
             },
         )?;
+        // The system tenant holds the scheduler's own jobs: its tokens serve the operator
+        // endpoints only.
+        if claims.tid == steward_queue::SYSTEM_TENANT
+            && !parts.uri.path().starts_with("/v1/operator/")
+        {
+            return Err(ApiError::forbidden(
+                "system tenant tokens may call the operator endpoints only",
+            ));
+        }
         state.inner.tenant_rate.take(&claims.tid).map_err(|wait| {
             ApiError::rate_limited("the tenant's request rate limit is exceeded", wait)
         })?;

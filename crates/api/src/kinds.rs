@@ -1,26 +1,18 @@
-//! The job kinds the API knows.
+//! The job kinds the API knows: the workers' kind strings, and the advice job's arguments.
 //!
-//! TODO(workers): `steward_workers::kinds` (`ENQUEUEABLE`, `BUILD_CROSS_SESSION_CONTEXT`) and
-//! `steward_workers::context::ContextRequest` are being written; until they are committed these
-//! local copies (same strings, same JSON shape) stand in. Switch to the workers' items then.
+//! TODO(workers): `steward_workers::context::ContextRequest` (and its limits) is being written;
+//! until it is committed the local copy below (same JSON shape, same limits) stands in. Switch
+//! to the workers' type then, and validate with its `validate()`.
 
 use serde::Serialize;
 use uuid::Uuid;
 
-/// Build a token-budgeted cross-session context.
-pub(crate) const BUILD_CROSS_SESSION_CONTEXT: &str = "build_cross_session_context";
+pub(crate) use steward_workers::kinds::BUILD_CROSS_SESSION_CONTEXT;
 
 /// Kinds an API caller may enqueue without configuring them (the scheduler's fan-out is not
 /// one of them).
 pub(crate) fn builtin() -> &'static [&'static str] {
-    &[
-        "summarize_session",
-        BUILD_CROSS_SESSION_CONTEXT,
-        "expire_auth_tokens",
-        "compact_audit_log",
-        "summarize_idle_sessions",
-        "prune_jobs",
-    ]
+    steward_workers::kinds::ENQUEUEABLE
 }
 
 /// Arguments of `build_cross_session_context` (the workers' `ContextRequest`).

@@ -148,3 +148,19 @@ async fn operator_endpoints_are_refused_to_tenant_admins_and_foreign_operators()
         assert_eq!(r.status, StatusCode::FORBIDDEN);
     }
 }
+
+#[tokio::test]
+async fn system_tenant_tokens_serve_only_the_operator_endpoints() {
+    let h = Harness::new().await;
+    let op = h.token(steward_queue::SYSTEM_TENANT, "ops", &["operator", "admin"]);
+    let r = h
+        .post("/v1/jobs", &op, json!({"kind": "acme.export"}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = h.get("/v1/queue/stats", &op).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.get("/v1/operator/tenants", &op).await.status,
+        StatusCode::OK
+    );
+}
