@@ -8,28 +8,41 @@
 //!   order, into the chain: each gets the next gapless sequence number and
 //!   `hash = HMAC-SHA-256(audit.chain_key, "steward.audit.v1" ‖ tenant ‖ seq ‖ prev_hash ‖
 //!   event bytes)`, and the head (last seq and hash) moves. Only sealers contend, on the head.
+//! - **Compaction** ([`Audit::compact_expired`], run by a periodic job) replaces sealed events
+//!   older than the tenant's retention, a bounded range per transaction, by a signed
+//!   [`AuditSegment`]: first/last seq, count, the hash before the range and its last hash, the
+//!   RFC 6962 Merkle root of its chain hashes ([`crate::merkle`]), its time span, and an Ed25519
+//!   signature by `audit.signing_key` (key id recorded) over all of those. The same transaction
+//!   appends an `audit.compacted` event recording the segment, so the chain itself witnesses
+//!   every compaction.
 //! - **Verify** ([`Audit::verify_chain`]) walks segments and events page by page (each page
-//!   its own transaction) and reports the first [`ChainBreak`]: a changed event (hash), a
-//!   removed one (gap), a reordered or replaced one (previous hash), or a head that does not
-//!   match. The key is secret, so an edit cannot be hidden by recomputing the chain. Removing
-//!   the newest events *and* rolling the head back together is only detectable against a head
-//!   kept elsewhere: publish [`ChainReport::head`] periodically.
-//! - **Compaction** ([`Audit::compact`]) replaces a verified range of events older than the
-//!   tenant's retention by an [`AuditSegment`]: first/last seq, the hash before and the last
-//!   hash, and a MAC of its own, so the chain still verifies across it.
+//!   its own transaction) and reports the first [`ChainBreak`], with its seq and segment: a
+//!   changed event (hash), a removed one (gap), a reordered or replaced one (previous hash), a
+//!   segment whose signature fails or whose key is unknown, a segment that disagrees with its
+//!   `audit.compacted` record (Merkle root), or a head that does not match. The chain key is
+//!   secret, so an edit cannot be hidden by recomputing the chain, and the signing key is
+//!   needed to forge a segment. Removing the newest events *and* rolling the head back
+//!   together is only detectable against a head kept elsewhere: publish [`ChainReport::head`]
+//!   periodically.
+//! - Segments written before signing (schema 1) carry a MAC under the chain key instead; they
+//!   still verify by it and are counted in [`ChainReport::legacy_segments`].
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use steward_store::tuple::Versionstamp;
-use steward_store::{key_after, Transaction};
+use steward_store::{key_after, RangeOption, Transaction};
 use uuid::Uuid;
 
 use crate::codec::{check_len, decode, encode, hex, unhex, MAX_INLINE_VALUE};
+use crate::config::AuditConfig;
 use crate::error::{ChainBreak, ChainBreakKind, Error, Result};
 use crate::keys::TenantKeys;
+use crate::merkle::MerkleBuilder;
+use crate::signing::{AuditSigningKey, AuditVerifyingKey};
 use crate::tenant::require_tenant;
-use crate::{check_limit, Models};
+use crate::{check_limit, Models, MAX_PAGE};
 
 /// Largest encoded audit event, in bytes (it is one value, never chunked).
 pub const MAX_AUDIT_EVENT_BYTES: usize = 32 * 1024;
@@ -44,7 +57,16 @@ const SEAL_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Events verified per transaction.
 const VERIFY_PAGE: usize = 500;
 const HASH_DOMAIN: &[u8] = b"steward.audit.v1\0";
-const SEGMENT_DOMAIN: &[u8] = b"steward.audit.segment.v1\0";
+const LEGACY_SEGMENT_DOMAIN: &[u8] = b"steward.audit.segment.v1\0";
+const SIGNED_DOMAIN: &[u8] = b"steward.audit.segment.v2\0";
+const SEGMENT_FORMAT_SIGNED: u8 = 2;
+/// Events read per page while compacting.
+const COMPACT_PAGE: usize = 200;
+/// Bytes of events one segment covers at most (the transaction reads them all).
+const COMPACT_MAX_BYTES: usize = 2 * 1024 * 1024;
+/// The action of the event that records a compaction in the chain (reserved).
+pub const COMPACTED_ACTION: &str = "audit.compacted";
+const COMPACTED_NEEDLE: &[u8] = b"\"action\":\"audit.compacted\"";
 const SEALED_FORMAT: u8 = 1;
 const MARKER_PENDING: u8 = 0;
 const MARKER_SEALED: u8 = 1;
@@ -150,43 +172,237 @@ impl ChainHead {
     }
 }
 
-/// A compacted range of the chain: what later compaction jobs leave in place of events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A compacted range of the chain: what compaction leaves in place of the events it removed.
+///
+/// Every field but the seal is covered by the seal: for a [`SegmentSeal::Signed`] segment, an
+/// Ed25519 signature over [`AuditSegment::signed_message`], verifiable by anyone holding the
+/// public key (no chain key needed), so a segment cannot be forged, altered or moved to another
+/// tenant or place in the chain without the signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditSegment {
     /// First seq it covers.
     pub first_seq: u64,
     /// Last seq it covers.
     pub last_seq: u64,
-    /// The hash before `first_seq` (zeros if it is 1).
-    #[serde(with = "hex32")]
+    /// Events it covers: `last_seq - first_seq + 1`.
+    pub count: u64,
+    /// The chain hash before `first_seq` (zeros if it is 1).
     pub prev_hash: Hash,
-    /// The hash of `last_seq`.
-    #[serde(with = "hex32")]
+    /// The chain hash of `last_seq`: the next event's (or segment's) previous hash.
     pub last_hash: Hash,
-    /// Time of the first event, µs.
+    /// RFC 6962 Merkle root of the range's chain hashes in seq order ([`crate::merkle_root`]);
+    /// `None` only for a [`SegmentSeal::LegacyMac`] segment.
+    pub merkle_root: Option<Hash>,
+    /// Earliest event time in the range, µs.
     pub first_at: i64,
-    /// Time of the last event, µs.
+    /// Latest event time in the range, µs.
     pub last_at: i64,
     /// When it was compacted, µs.
     pub compacted_at: i64,
-    /// MAC over the fields above (except times) under the chain key.
-    #[serde(with = "hex32")]
-    pub mac: Hash,
+    /// What vouches for it.
+    pub seal: SegmentSeal,
 }
 
-mod hex32 {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// What vouches for an [`AuditSegment`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum SegmentSeal {
+    /// Ed25519 over [`AuditSegment::signed_message`] by the key named `key_id` (every segment
+    /// this version compacts).
+    Signed {
+        /// The signing key's id (`audit.signing_key_file`'s fingerprint or chosen id).
+        key_id: String,
+        /// The 64-byte signature.
+        signature: [u8; 64],
+    },
+    /// HMAC-SHA-256 under the chain key over the tenant, the range and its two hashes: segments
+    /// compacted before signed segments (schema 1). They have no Merkle root and no signature;
+    /// they still verify, by their MAC, and are counted in [`ChainReport::legacy_segments`].
+    LegacyMac {
+        /// The MAC.
+        mac: Hash,
+    },
+}
 
-    pub(super) fn serialize<S: Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::codec::hex(h))
+impl std::fmt::Debug for SegmentSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SegmentSeal::Signed { key_id, signature } => f
+                .debug_struct("Signed")
+                .field("key_id", key_id)
+                .field("signature", &hex(signature))
+                .finish(),
+            SegmentSeal::LegacyMac { mac } => {
+                f.debug_struct("LegacyMac").field("mac", &hex(mac)).finish()
+            }
+        }
+    }
+}
+
+impl AuditSegment {
+    /// The exact bytes a signed segment's signature covers (`None` for a legacy one), for
+    /// auditors verifying segments with the public key alone. All integers big-endian:
+    ///
+    /// ```text
+    /// "steward.audit.segment.v2\0" ‖ tenant (16 bytes) ‖ first_seq u64 ‖ last_seq u64 ‖
+    /// count u64 ‖ prev_hash (32) ‖ last_hash (32) ‖ merkle_root (32) ‖ first_at i64 ‖
+    /// last_at i64 ‖ compacted_at i64 ‖ len(key_id) u16 ‖ key_id (UTF-8)
+    /// ```
+    #[must_use]
+    pub fn signed_message(&self, tenant: Uuid) -> Option<Vec<u8>> {
+        let (SegmentSeal::Signed { key_id, .. }, Some(root)) = (&self.seal, &self.merkle_root)
+        else {
+            return None;
+        };
+        let id = key_id.as_bytes();
+        let mut m = Vec::with_capacity(SIGNED_DOMAIN.len() + 16 + 24 + 96 + 24 + 2 + id.len());
+        m.extend_from_slice(SIGNED_DOMAIN);
+        m.extend_from_slice(tenant.as_bytes());
+        m.extend_from_slice(&self.first_seq.to_be_bytes());
+        m.extend_from_slice(&self.last_seq.to_be_bytes());
+        m.extend_from_slice(&self.count.to_be_bytes());
+        m.extend_from_slice(&self.prev_hash);
+        m.extend_from_slice(&self.last_hash);
+        m.extend_from_slice(root);
+        m.extend_from_slice(&self.first_at.to_be_bytes());
+        m.extend_from_slice(&self.last_at.to_be_bytes());
+        m.extend_from_slice(&self.compacted_at.to_be_bytes());
+        m.extend_from_slice(&u16::try_from(id.len()).unwrap_or(u16::MAX).to_be_bytes());
+        m.extend_from_slice(id);
+        Some(m)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = String::deserialize(d)?;
-        crate::codec::unhex(&s)
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+    /// Signs the segment with `key`: its seal becomes `key`'s id and the Ed25519 signature
+    /// over [`AuditSegment::signed_message`] (which covers that id). Compaction does this; it is
+    /// public so tools (and tests) can produce segments the verifier judges.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (`merkle_root`) if the segment has no Merkle root.
+    pub fn sign(&mut self, tenant: Uuid, key: &AuditSigningKey) -> Result<()> {
+        self.seal = SegmentSeal::Signed {
+            key_id: key.id().to_owned(),
+            signature: [0; 64],
+        };
+        let message = self
+            .signed_message(tenant)
+            .ok_or_else(|| Error::invalid("merkle_root", "a signed segment needs a Merkle root"))?;
+        self.seal = SegmentSeal::Signed {
+            key_id: key.id().to_owned(),
+            signature: key.sign(&message),
+        };
+        Ok(())
     }
+
+    /// Whether the segment is signed, under `key`'s id, with a valid signature by `key`.
+    #[must_use]
+    pub fn verify_signature(&self, tenant: Uuid, key: &AuditVerifyingKey) -> bool {
+        match (&self.seal, self.signed_message(tenant)) {
+            (SegmentSeal::Signed { key_id, signature }, Some(message)) => {
+                key_id == key.id() && key.verify(&message, signature)
+            }
+            _ => false,
+        }
+    }
+
+    /// The key id of a signed segment.
+    #[must_use]
+    pub fn key_id(&self) -> Option<&str> {
+        match &self.seal {
+            SegmentSeal::Signed { key_id, .. } => Some(key_id),
+            SegmentSeal::LegacyMac { .. } => None,
+        }
+    }
+
+    fn span(&self) -> Option<(u64, u64)> {
+        Some((self.first_seq, self.last_seq))
+    }
+}
+
+/// A segment as stored (JSON). Format 2 (`"v": 2`) is signed; a record without `v` is a
+/// schema-1 segment sealed by a MAC.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSegment {
+    #[serde(default)]
+    v: u8,
+    first_seq: u64,
+    last_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    prev_hash: String,
+    last_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    merkle_root: Option<String>,
+    first_at: i64,
+    last_at: i64,
+    compacted_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+fn encode_segment(s: &AuditSegment) -> Result<Vec<u8>> {
+    let (v, key_id, signature, mac) = match &s.seal {
+        SegmentSeal::Signed { key_id, signature } => (
+            SEGMENT_FORMAT_SIGNED,
+            Some(key_id.clone()),
+            Some(hex(signature)),
+            None,
+        ),
+        SegmentSeal::LegacyMac { mac } => (0, None, None, Some(hex(mac))),
+    };
+    let stored = StoredSegment {
+        v,
+        first_seq: s.first_seq,
+        last_seq: s.last_seq,
+        count: (v != 0).then_some(s.count),
+        prev_hash: hex(&s.prev_hash),
+        last_hash: hex(&s.last_hash),
+        merkle_root: s.merkle_root.as_ref().map(|r| hex(r)),
+        first_at: s.first_at,
+        last_at: s.last_at,
+        compacted_at: s.compacted_at,
+        key_id,
+        signature,
+        mac,
+    };
+    encode("audit_segment", &stored, MAX_INLINE_VALUE)
+}
+
+/// `None` for anything that is not a well-formed segment of a known format.
+fn decode_segment(v: &[u8]) -> Option<AuditSegment> {
+    let s: StoredSegment = serde_json::from_slice(v).ok()?;
+    let seal = match s.v {
+        0 => SegmentSeal::LegacyMac {
+            mac: hash_from_hex(s.mac.as_deref()?)?,
+        },
+        SEGMENT_FORMAT_SIGNED => SegmentSeal::Signed {
+            key_id: s.key_id?,
+            signature: unhex(s.signature.as_deref()?)?.try_into().ok()?,
+        },
+        _ => return None,
+    };
+    let merkle_root = match &seal {
+        SegmentSeal::Signed { .. } => Some(hash_from_hex(s.merkle_root.as_deref()?)?),
+        SegmentSeal::LegacyMac { .. } => None,
+    };
+    let count = match s.count {
+        Some(n) => n,
+        None => s.last_seq.checked_sub(s.first_seq)?.checked_add(1)?,
+    };
+    Some(AuditSegment {
+        first_seq: s.first_seq,
+        last_seq: s.last_seq,
+        count,
+        prev_hash: hash_from_hex(&s.prev_hash)?,
+        last_hash: hash_from_hex(&s.last_hash)?,
+        merkle_root,
+        first_at: s.first_at,
+        last_at: s.last_at,
+        compacted_at: s.compacted_at,
+        seal,
+    })
 }
 
 /// What a seal did.
@@ -205,6 +421,8 @@ pub struct ChainReport {
     pub head: ChainHead,
     /// Compaction segments checked.
     pub segments: usize,
+    /// Of those, schema-1 segments verified by their MAC only (no signature, no Merkle root).
+    pub legacy_segments: usize,
     /// Events covered by those segments.
     pub compacted_events: u64,
     /// Events checked one by one.
@@ -246,10 +464,11 @@ fn event_hash(key: &[u8], tenant: Uuid, seq: u64, prev: &Hash, event: &[u8]) -> 
     Ok(finish(m))
 }
 
-fn segment_mac(key: &[u8], tenant: Uuid, s: &AuditSegment) -> Result<Hash> {
+/// The MAC of a schema-1 segment ([`SegmentSeal::LegacyMac`]).
+fn legacy_segment_mac(key: &[u8], tenant: Uuid, s: &AuditSegment) -> Result<Hash> {
     use hmac::Mac;
     let mut m = new_mac(key)?;
-    m.update(SEGMENT_DOMAIN);
+    m.update(LEGACY_SEGMENT_DOMAIN);
     m.update(tenant.as_bytes());
     m.update(&s.first_seq.to_be_bytes());
     m.update(&s.last_seq.to_be_bytes());
@@ -280,7 +499,11 @@ fn split_sealed(v: &[u8]) -> Option<(Hash, Hash, &[u8])> {
 }
 
 fn broken(seq: u64, kind: ChainBreakKind) -> Error {
-    Error::AuditChainBroken(ChainBreak { seq, kind })
+    Error::AuditChainBroken(ChainBreak {
+        seq,
+        segment: None,
+        kind,
+    })
 }
 
 /// The audit repository.
@@ -306,6 +529,12 @@ impl<'a> Audit<'a> {
     /// [`MAX_AUDIT_EVENT_BYTES`].
     pub fn prepare(&self, new: NewAuditEvent) -> Result<AuditEvent> {
         check_len("action", &new.action, MAX_ACTION_BYTES, true)?;
+        if new.action == COMPACTED_ACTION {
+            return Err(Error::invalid(
+                "action",
+                format!("{COMPACTED_ACTION} is reserved for compaction records"),
+            ));
+        }
         if let Some(t) = &new.target {
             check_len("target", t, MAX_TARGET_BYTES, false)?;
         }
@@ -589,203 +818,573 @@ impl<'a> Audit<'a> {
             .await
     }
 
-    /// Verifies the whole chain: segments (contiguous, MACs valid), then every event after
-    /// them up to the head (seq gapless, previous hash, own hash), page by page.
+    /// Verifies the whole history: the compacted segments (contiguous from seq 1, each linked
+    /// to the previous by its hashes, its count matching its range, its Ed25519 signature valid
+    /// under a configured key, or its MAC for a legacy one), then every event after them up to
+    /// the head (seq gapless, previous hash, own HMAC), page by page, and each
+    /// `audit.compacted` event against the segment it records (range, count, Merkle root).
+    ///
+    /// Safe to run while compaction runs: events compacted between two pages are picked up
+    /// from their new segment.
     ///
     /// # Errors
-    /// [`Error::AuditChainBroken`] with the first break found; [`Error::Corrupt`] for an
+    /// [`Error::AuditChainBroken`] with the first break found: its seq, the segment (if the
+    /// break is in one) and the kind ([`ChainBreakKind`]); [`Error::Corrupt`] for an
     /// undecodable head; store errors.
     pub async fn verify_chain(&self, tenant: Uuid) -> Result<ChainReport> {
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
-        let key = self.key();
-        let (head, segments) = self
+        let (mut head, segments) = self
             .m
             .db()
             .transact(|tx, _| async move {
-                Ok::<_, Error>((read_head(&tx, keys).await?, read_segments(&tx, keys).await?))
+                Ok::<_, Error>((
+                    read_head(&tx, keys).await?,
+                    read_segment_pairs(&tx, keys, 1).await?,
+                ))
             })
             .await?;
-        let mut next = 1u64;
-        let mut prev: Hash = [0; 32];
-        let mut compacted = 0;
-        for s in &segments {
-            if s.first_seq != next || s.last_seq < s.first_seq {
-                return Err(broken(next, ChainBreakKind::Gap));
-            }
-            if s.prev_hash != prev {
-                return Err(broken(s.first_seq, ChainBreakKind::PrevHashMismatch));
-            }
-            if segment_mac(key, tenant, s)? != s.mac {
-                return Err(broken(s.first_seq, ChainBreakKind::HashMismatch));
-            }
-            compacted += s.last_seq - s.first_seq + 1;
-            next = s.last_seq + 1;
-            prev = s.last_hash;
+        let mut walk = Walk::new(tenant, self.key(), &self.m.config().audit, head);
+        for (in_place, s) in &segments {
+            walk.segment(*in_place, s.as_ref())?;
         }
-        let mut checked = 0;
-        while next <= head.seq {
-            let from = next;
-            let page = self
-                .m
-                .db()
-                .transact(|tx, _| async move {
-                    Ok::<_, Error>(
-                        tx.get_range(
-                            &keys
-                                .audit_sealed_range(from, head.seq)
-                                .limit(VERIFY_PAGE)
-                                .snapshot(),
+        loop {
+            while walk.next <= head.seq {
+                let from = walk.next;
+                let page = self
+                    .m
+                    .db()
+                    .transact(|tx, _| async move {
+                        Ok::<_, Error>(
+                            tx.get_range(
+                                &keys
+                                    .audit_sealed_range(from, head.seq)
+                                    .limit(VERIFY_PAGE)
+                                    .snapshot(),
+                            )
+                            .await?
+                            .kvs,
                         )
-                        .await?
-                        .kvs,
-                    )
-                })
-                .await?;
-            if page.is_empty() {
-                return Err(broken(next, ChainBreakKind::Gap));
+                    })
+                    .await?;
+                let starts_here =
+                    page.first().and_then(|kv| keys.parse_audit_sealed(&kv.key)) == Some(from);
+                if !starts_here {
+                    // Compacted since the segments were read? Go on from the segments that
+                    // start here; otherwise the event is missing.
+                    let later = self
+                        .m
+                        .db()
+                        .transact(|tx, _| async move { read_segment_pairs(&tx, keys, from).await })
+                        .await?;
+                    if later
+                        .first()
+                        .and_then(|(_, s)| s.as_ref())
+                        .map(|s| s.first_seq)
+                        != Some(from)
+                    {
+                        return Err(broken(from, ChainBreakKind::Gap));
+                    }
+                    for (in_place, s) in &later {
+                        walk.segment(*in_place, s.as_ref())?;
+                    }
+                    continue;
+                }
+                for kv in &page {
+                    let seq = keys
+                        .parse_audit_sealed(&kv.key)
+                        .ok_or_else(|| broken(walk.next, ChainBreakKind::Undecodable))?;
+                    walk.event(seq, &kv.value)?;
+                }
             }
-            for kv in &page {
-                let seq = keys
-                    .parse_audit_sealed(&kv.key)
-                    .ok_or_else(|| broken(next, ChainBreakKind::Undecodable))?;
-                if seq != next {
-                    return Err(broken(next, ChainBreakKind::Gap));
+            if walk.next > head.seq.saturating_add(1) {
+                // A segment compacted meanwhile reaches past the head read at the start.
+                head = self
+                    .m
+                    .db()
+                    .transact(|tx, _| async move { read_head(&tx, keys).await })
+                    .await?;
+                if walk.next <= head.seq.saturating_add(1) {
+                    continue;
                 }
-                let (stored_prev, stored_hash, event) = split_sealed(&kv.value)
-                    .ok_or_else(|| broken(seq, ChainBreakKind::Undecodable))?;
-                if stored_prev != prev {
-                    return Err(broken(seq, ChainBreakKind::PrevHashMismatch));
-                }
-                if event_hash(key, tenant, seq, &prev, event)? != stored_hash {
-                    return Err(broken(seq, ChainBreakKind::HashMismatch));
-                }
-                prev = stored_hash;
-                next += 1;
-                checked += 1;
             }
+            break;
         }
-        if prev != head.hash || next != head.seq + 1 {
+        if walk.prev != head.hash || walk.next != head.seq.saturating_add(1) {
             return Err(broken(head.seq, ChainBreakKind::HeadMismatch));
         }
-        Ok(ChainReport {
-            head,
-            segments: segments.len(),
-            compacted_events: compacted,
-            events_checked: checked,
-        })
+        walk.report.head = head;
+        Ok(walk.report)
+    }
+
+    /// Checks events kept elsewhere (an export taken before compaction) against the segment
+    /// that replaced them: exactly its range, linked from its previous hash, each HMAC valid,
+    /// ending at its last hash, and their Merkle root equal to its root. Proves that archive
+    /// is the history the signed segment vouches for.
+    ///
+    /// # Errors
+    /// [`Error::AuditChainBroken`] naming the segment: `Gap` (an event missing or extra),
+    /// `PrevHashMismatch`, `HashMismatch` (an edited event), `MerkleRootMismatch`, or
+    /// `SegmentMalformed` for a legacy segment (it has no root); crypto errors.
+    pub fn verify_segment_events(
+        &self,
+        tenant: Uuid,
+        segment: &AuditSegment,
+        events: &[SealedEvent],
+    ) -> Result<()> {
+        let at = |seq, kind| {
+            Error::AuditChainBroken(ChainBreak {
+                seq,
+                segment: segment.span(),
+                kind,
+            })
+        };
+        let Some(root) = segment.merkle_root else {
+            return Err(at(segment.first_seq, ChainBreakKind::SegmentMalformed));
+        };
+        let mut prev = segment.prev_hash;
+        let mut merkle = MerkleBuilder::default();
+        let mut next = segment.first_seq;
+        for e in events {
+            if e.seq != next || e.seq > segment.last_seq {
+                return Err(at(next, ChainBreakKind::Gap));
+            }
+            if e.prev_hash != prev {
+                return Err(at(e.seq, ChainBreakKind::PrevHashMismatch));
+            }
+            let bytes = encode("audit_event", &e.event, MAX_AUDIT_EVENT_BYTES)?;
+            if event_hash(self.key(), tenant, e.seq, &prev, &bytes)? != e.hash {
+                return Err(at(e.seq, ChainBreakKind::HashMismatch));
+            }
+            merkle.push(&e.hash);
+            prev = e.hash;
+            next += 1;
+        }
+        if next != segment.last_seq.saturating_add(1) || prev != segment.last_hash {
+            return Err(at(next, ChainBreakKind::Gap));
+        }
+        if merkle.root() != root {
+            return Err(at(segment.first_seq, ChainBreakKind::MerkleRootMismatch));
+        }
+        Ok(())
     }
 
     /// Compacts the oldest sealed events, up to `through_seq` and at most
-    /// [`MAX_SEGMENT_EVENTS`], into one [`AuditSegment`] after verifying them; refuses events
-    /// younger than the tenant's audit retention. Call again to compact further.
+    /// [`MAX_SEGMENT_EVENTS`] (and about 2 MiB of events), into one signed [`AuditSegment`]
+    /// after verifying them, and appends an `audit.compacted` event recording it in the same
+    /// transaction; refuses events younger than the tenant's audit retention. Call again to
+    /// compact further. (The periodic job uses [`Audit::compact_expired`].)
     ///
     /// # Errors
     /// [`Error::Invalid`] (`through_seq`) if nothing is left to compact there, it is not sealed
-    /// yet, or an event is within the retention period; [`Error::AuditChainBroken`] if the
+    /// yet, or an event is within the retention period; [`Error::Invalid`]
+    /// (`audit.signing_key_file`) without a signing key; [`Error::AuditChainBroken`] if the
     /// range does not verify; [`Error::NotFound`] for the tenant; store errors.
     pub async fn compact(&self, tenant: Uuid, through_seq: u64) -> Result<AuditSegment> {
+        match self
+            .compact_next(tenant, Bound::Through(through_seq))
+            .await?
+        {
+            Some(segment) => Ok(segment),
+            None => Err(Error::invalid("through_seq", "nothing to compact")),
+        }
+    }
+
+    /// The compaction job's step: replaces sealed events older than the tenant's
+    /// `limits.audit_retention_days` (read from its record) by signed segments, oldest first,
+    /// one bounded transaction per segment (at most [`MAX_SEGMENT_EVENTS`] events, about
+    /// 2 MiB), until none is old enough or `max_segments` were written. Each transaction also
+    /// appends the `audit.compacted` event recording its segment (range, count, Merkle root,
+    /// key id, time span), so the chain records every compaction exactly once; it is sealed
+    /// into the chain by the next seal. Idempotent and re-runnable: an interrupted run leaves
+    /// whole segments only, and the next run goes on after them.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (`max_segments`: 1 to 1000; `audit.signing_key_file` without a
+    /// signing key); [`Error::AuditChainBroken`] if an event to compact does not verify
+    /// (nothing is compacted past a break); [`Error::NotFound`] for the tenant; store errors.
+    pub async fn compact_expired(
+        &self,
+        tenant: Uuid,
+        max_segments: usize,
+    ) -> Result<CompactionRun> {
+        if !(1..=MAX_PAGE).contains(&max_segments) {
+            return Err(Error::invalid(
+                "max_segments",
+                format!("must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        let mut run = CompactionRun {
+            segments: Vec::new(),
+            events: 0,
+            more: false,
+        };
+        while run.segments.len() < max_segments {
+            match self.compact_next(tenant, Bound::Expired).await? {
+                Some(s) => {
+                    run.events += s.count;
+                    run.segments.push(s);
+                }
+                None => return Ok(run),
+            }
+        }
+        run.more = true;
+        Ok(run)
+    }
+
+    /// One compaction transaction: the next segment, or `None` if no event qualifies.
+    async fn compact_next(&self, tenant: Uuid, bound: Bound) -> Result<Option<AuditSegment>> {
+        let signer = self.m.config().audit.signing_key.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "audit.signing_key_file",
+                "no audit signing key is configured; compaction needs one",
+            )
+        })?;
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
         let key = self.key();
         let now = self.m.now();
+        // The id and time of the `audit.compacted` event, fixed before the retry loop.
+        let event_id = self.m.new_id();
         // The segments earlier attempts wrote. After `commit_unknown_result` the retry finds
         // its own segment stored (and would compact the next range, or refuse). Its timestamp
-        // alone does not tell it apart: an earlier call at the same `now` leaves one too.
+        // alone does not tell it apart: an earlier call at the same `now` leaves one too; the
+        // whole segment does (Ed25519 signatures are deterministic, the event id is ours).
         let tried: Mutex<Vec<AuditSegment>> = Mutex::new(Vec::new());
         let tried = &tried;
         self.m
             .db()
             .transact(|tx, maybe_committed| async move {
                 let t = require_tenant(&tx, keys, tenant).await?;
-                let head = read_head(&tx, keys).await?;
-                let segments = read_segments(&tx, keys).await?;
+                // Serializable: two compactions of one tenant conflict here.
+                let last_segment = tx
+                    .get_range(&keys.audit_segments().reverse().limit(1))
+                    .await?
+                    .kvs
+                    .first()
+                    .map(|kv| {
+                        decode_segment(&kv.value)
+                            .ok_or_else(|| Error::corrupt("audit segment", "undecodable"))
+                    })
+                    .transpose()?;
                 if maybe_committed.0 {
                     let tried = tried.lock().unwrap_or_else(PoisonError::into_inner);
-                    if let Some(s) = segments.iter().find(|s| tried.contains(s)) {
-                        return Ok(s.clone());
+                    if let Some(s) = last_segment.as_ref().filter(|s| tried.contains(s)) {
+                        return Ok(Some(s.clone()));
                     }
                 }
-                let (first, mut prev) = segments
-                    .last()
+                let (first, mut prev) = last_segment
+                    .as_ref()
                     .map_or((1, [0u8; 32]), |s| (s.last_seq + 1, s.last_hash));
-                if through_seq < first {
-                    return Err(Error::invalid(
-                        "through_seq",
-                        format!("events up to {} are already compacted", first - 1),
-                    ));
-                }
-                if through_seq > head.seq {
-                    return Err(Error::invalid(
-                        "through_seq",
-                        format!("only events up to {} are sealed", head.seq),
-                    ));
-                }
-                let last = through_seq.min(first + MAX_SEGMENT_EVENTS - 1);
-                let retention = i64::from(t.limits.audit_retention_days) * 86_400_000_000;
-                let kvs = tx
-                    .get_range_all(&keys.audit_sealed_range(first, last))
-                    .await?;
-                let mut expected = first;
-                let (mut first_at, mut last_at) = (None, 0);
-                for kv in &kvs {
-                    let seq = keys.parse_audit_sealed(&kv.key);
-                    if seq != Some(expected) {
-                        return Err(broken(expected, ChainBreakKind::Gap));
-                    }
-                    let (p, h, bytes) = split_sealed(&kv.value)
-                        .ok_or_else(|| broken(expected, ChainBreakKind::Undecodable))?;
-                    if p != prev {
-                        return Err(broken(expected, ChainBreakKind::PrevHashMismatch));
-                    }
-                    if event_hash(key, tenant, expected, &prev, bytes)? != h {
-                        return Err(broken(expected, ChainBreakKind::HashMismatch));
-                    }
-                    let event: AuditEvent = decode(|| format!("audit event {expected}"), bytes)?;
-                    if now.saturating_sub(event.at) < retention {
+                // A snapshot read: sealing moves the head all the time and must not conflict.
+                let head = match tx.get(&keys.audit_head(), true).await? {
+                    Some(v) => ChainHead::decode(&v)?,
+                    None => ChainHead::GENESIS,
+                };
+                let mut last = head.seq.min(first.saturating_add(MAX_SEGMENT_EVENTS - 1));
+                if let Bound::Through(through_seq) = bound {
+                    if through_seq < first {
                         return Err(Error::invalid(
                             "through_seq",
-                            format!(
-                                "event {expected} is younger than the tenant's audit retention \
-                                 of {} days",
-                                t.limits.audit_retention_days
-                            ),
+                            format!("events up to {} are already compacted", first - 1),
                         ));
                     }
-                    first_at.get_or_insert(event.at);
-                    last_at = event.at;
-                    tx.clear(&keys.audit_event_id(event.id));
-                    prev = h;
-                    expected += 1;
+                    if through_seq > head.seq {
+                        return Err(Error::invalid(
+                            "through_seq",
+                            format!("only events up to {} are sealed", head.seq),
+                        ));
+                    }
+                    last = last.min(through_seq);
                 }
-                if expected != last + 1 {
-                    return Err(broken(expected, ChainBreakKind::Gap));
+                if last < first {
+                    return Ok(None);
                 }
+                let retention = i64::from(t.limits.audit_retention_days) * 86_400_000_000;
+                let mut expected = first;
+                let (mut first_at, mut last_at) = (i64::MAX, i64::MIN);
+                let mut merkle = MerkleBuilder::default();
+                let mut ids = Vec::new();
+                let mut bytes = 0usize;
+                'pages: while expected <= last {
+                    let page = tx
+                        .get_range(
+                            &keys
+                                .audit_sealed_range(expected, last)
+                                .limit(COMPACT_PAGE)
+                                .snapshot(),
+                        )
+                        .await?;
+                    if page.kvs.is_empty() {
+                        return Err(broken(expected, ChainBreakKind::Gap));
+                    }
+                    for kv in &page.kvs {
+                        if keys.parse_audit_sealed(&kv.key) != Some(expected) {
+                            return Err(broken(expected, ChainBreakKind::Gap));
+                        }
+                        let (p, h, raw) = split_sealed(&kv.value)
+                            .ok_or_else(|| broken(expected, ChainBreakKind::Undecodable))?;
+                        if p != prev {
+                            return Err(broken(expected, ChainBreakKind::PrevHashMismatch));
+                        }
+                        if event_hash(key, tenant, expected, &prev, raw)? != h {
+                            return Err(broken(expected, ChainBreakKind::HashMismatch));
+                        }
+                        let event: AuditEvent = decode(|| format!("audit event {expected}"), raw)?;
+                        if now.saturating_sub(event.at) < retention {
+                            if let Bound::Through(_) = bound {
+                                return Err(Error::invalid(
+                                    "through_seq",
+                                    format!(
+                                        "event {expected} is younger than the tenant's audit \
+                                         retention of {} days",
+                                        t.limits.audit_retention_days
+                                    ),
+                                ));
+                            }
+                            break 'pages;
+                        }
+                        if expected > first && bytes + raw.len() > COMPACT_MAX_BYTES {
+                            break 'pages;
+                        }
+                        bytes += raw.len();
+                        first_at = first_at.min(event.at);
+                        last_at = last_at.max(event.at);
+                        merkle.push(&h);
+                        ids.push(event.id);
+                        prev = h;
+                        expected += 1;
+                    }
+                }
+                let Some(last) = expected.checked_sub(1).filter(|&l| l >= first) else {
+                    return Ok(None);
+                };
+                // Only the compacted range needs guarding: seals append past it.
+                tx.add_read_conflict_range(
+                    &keys.audit_sealed(first),
+                    &keys.audit_sealed(last.saturating_add(1)),
+                );
                 let mut segment = AuditSegment {
                     first_seq: first,
                     last_seq: last,
-                    prev_hash: segments.last().map_or([0u8; 32], |s| s.last_hash),
+                    count: last - first + 1,
+                    prev_hash: last_segment.as_ref().map_or([0u8; 32], |s| s.last_hash),
                     last_hash: prev,
-                    first_at: first_at.unwrap_or(last_at),
+                    merkle_root: Some(merkle.root()),
+                    first_at,
                     last_at,
                     compacted_at: now,
-                    mac: [0; 32],
+                    seal: SegmentSeal::LegacyMac { mac: [0; 32] },
                 };
-                segment.mac = segment_mac(key, tenant, &segment)?;
+                segment.sign(tenant, signer)?;
+                for id in ids {
+                    tx.clear(&keys.audit_event_id(id));
+                }
                 let r = keys.audit_sealed_range(first, last);
                 tx.clear_range(&r.begin, &r.end);
-                tx.set(
-                    &keys.audit_segment(first),
-                    &encode("audit_segment", &segment, MAX_INLINE_VALUE)?,
-                );
+                tx.set(&keys.audit_segment(first), &encode_segment(&segment)?);
+                let recorded = AuditEvent {
+                    id: event_id,
+                    at: now,
+                    actor_id: None,
+                    action: COMPACTED_ACTION.to_owned(),
+                    target: Some(format!("audit/segment/{first}")),
+                    details: serde_json::to_value(CompactedDetails::of(&segment))
+                        .map_err(|e| Error::invalid("audit_event", e.to_string()))?,
+                };
+                self.append_in(&tx, tenant, &recorded, 0)?;
                 tried
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(segment.clone());
-                Ok(segment)
+                Ok(Some(segment))
             })
             .await
     }
+}
+
+/// How far one compaction transaction may go.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// Up to this seq, refusing events within the retention ([`Audit::compact`]).
+    Through(u64),
+    /// As far as events are older than the retention ([`Audit::compact_expired`]).
+    Expired,
+}
+
+/// What [`Audit::compact_expired`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionRun {
+    /// The segments written, oldest first.
+    pub segments: Vec<AuditSegment>,
+    /// Events they replaced.
+    pub events: u64,
+    /// The `max_segments` budget ran out: more events may be old enough; call again.
+    pub more: bool,
+}
+
+/// The details of an `audit.compacted` event: what the chain records about a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CompactedDetails {
+    first_seq: u64,
+    last_seq: u64,
+    count: u64,
+    merkle_root: String,
+    key_id: String,
+    first_at: i64,
+    last_at: i64,
+}
+
+impl CompactedDetails {
+    fn of(s: &AuditSegment) -> Self {
+        CompactedDetails {
+            first_seq: s.first_seq,
+            last_seq: s.last_seq,
+            count: s.count,
+            merkle_root: s.merkle_root.as_ref().map(|r| hex(r)).unwrap_or_default(),
+            key_id: s.key_id().unwrap_or_default().to_owned(),
+            first_at: s.first_at,
+            last_at: s.last_at,
+        }
+    }
+}
+
+/// The verifier's position in the history.
+struct Walk<'a> {
+    tenant: Uuid,
+    chain_key: &'a [u8],
+    config: &'a AuditConfig,
+    next: u64,
+    prev: Hash,
+    report: ChainReport,
+    /// Segments walked, by first seq: what `audit.compacted` events are checked against.
+    walked: HashMap<u64, CompactedDetails>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(tenant: Uuid, chain_key: &'a [u8], config: &'a AuditConfig, head: ChainHead) -> Self {
+        Walk {
+            tenant,
+            chain_key,
+            config,
+            next: 1,
+            prev: [0; 32],
+            report: ChainReport {
+                head,
+                segments: 0,
+                legacy_segments: 0,
+                compacted_events: 0,
+                events_checked: 0,
+            },
+            walked: HashMap::new(),
+        }
+    }
+
+    /// The next stored segment (`None`: undecodable); `in_place`: stored under the key of
+    /// its own first seq.
+    fn segment(&mut self, in_place: bool, s: Option<&AuditSegment>) -> Result<()> {
+        let Some(s) = s else {
+            return Err(broken(self.next, ChainBreakKind::Undecodable));
+        };
+        let at = |seq, kind| {
+            Error::AuditChainBroken(ChainBreak {
+                seq,
+                segment: s.span(),
+                kind,
+            })
+        };
+        if s.first_seq != self.next || !in_place {
+            return Err(at(self.next, ChainBreakKind::Gap));
+        }
+        if s.last_seq < s.first_seq || s.count != s.last_seq - s.first_seq + 1 {
+            return Err(at(s.first_seq, ChainBreakKind::SegmentMalformed));
+        }
+        if s.prev_hash != self.prev {
+            return Err(at(s.first_seq, ChainBreakKind::PrevHashMismatch));
+        }
+        match &s.seal {
+            SegmentSeal::Signed { key_id, signature } => {
+                let Some(public) = self.config.verifying_key(key_id) else {
+                    return Err(at(s.first_seq, ChainBreakKind::UnknownSigningKey));
+                };
+                let message = s
+                    .signed_message(self.tenant)
+                    .ok_or_else(|| at(s.first_seq, ChainBreakKind::SegmentMalformed))?;
+                if !public.verify(&message, signature) {
+                    return Err(at(s.first_seq, ChainBreakKind::SegmentSignature));
+                }
+            }
+            SegmentSeal::LegacyMac { mac } => {
+                if legacy_segment_mac(self.chain_key, self.tenant, s)? != *mac {
+                    return Err(at(s.first_seq, ChainBreakKind::HashMismatch));
+                }
+                self.report.legacy_segments += 1;
+            }
+        }
+        self.walked.insert(s.first_seq, CompactedDetails::of(s));
+        self.report.segments += 1;
+        self.report.compacted_events += s.count;
+        self.next = s.last_seq + 1;
+        self.prev = s.last_hash;
+        Ok(())
+    }
+
+    /// The sealed event stored at `seq`.
+    fn event(&mut self, seq: u64, value: &[u8]) -> Result<()> {
+        if seq != self.next {
+            return Err(broken(self.next, ChainBreakKind::Gap));
+        }
+        let (stored_prev, stored_hash, raw) =
+            split_sealed(value).ok_or_else(|| broken(seq, ChainBreakKind::Undecodable))?;
+        if stored_prev != self.prev {
+            return Err(broken(seq, ChainBreakKind::PrevHashMismatch));
+        }
+        if event_hash(self.chain_key, self.tenant, seq, &self.prev, raw)? != stored_hash {
+            return Err(broken(seq, ChainBreakKind::HashMismatch));
+        }
+        // Cheap filter before decoding: only compaction records are cross-checked.
+        if contains(raw, COMPACTED_NEEDLE) {
+            let event: AuditEvent = decode(|| format!("audit event {seq}"), raw)
+                .map_err(|_| broken(seq, ChainBreakKind::Undecodable))?;
+            if event.action == COMPACTED_ACTION && event.actor_id.is_none() {
+                self.compaction_record(seq, &event)?;
+            }
+        }
+        self.prev = stored_hash;
+        self.next += 1;
+        self.report.events_checked += 1;
+        Ok(())
+    }
+
+    /// An `audit.compacted` event (its HMAC verified): the segment it records must be the
+    /// one in place.
+    fn compaction_record(&self, seq: u64, event: &AuditEvent) -> Result<()> {
+        let recorded: CompactedDetails = serde_json::from_value(event.details.clone())
+            .map_err(|_| broken(seq, ChainBreakKind::Undecodable))?;
+        let span = Some((recorded.first_seq, recorded.last_seq));
+        let at = |kind| {
+            Error::AuditChainBroken(ChainBreak {
+                seq: recorded.first_seq,
+                segment: span,
+                kind,
+            })
+        };
+        let Some(walked) = self.walked.get(&recorded.first_seq) else {
+            // The chain says this range was compacted, yet no segment starts there.
+            return Err(at(ChainBreakKind::Gap));
+        };
+        if walked.merkle_root != recorded.merkle_root {
+            return Err(at(ChainBreakKind::MerkleRootMismatch));
+        }
+        if *walked != recorded {
+            return Err(at(ChainBreakKind::SegmentMalformed));
+        }
+        Ok(())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 async fn read_head(tx: &Transaction, keys: &TenantKeys) -> Result<ChainHead> {
@@ -799,8 +1398,32 @@ async fn read_segments(tx: &Transaction, keys: &TenantKeys) -> Result<Vec<AuditS
     tx.get_range_all(&keys.audit_segments())
         .await?
         .iter()
-        .map(|kv| decode(|| "audit segment".into(), &kv.value))
+        .map(|kv| {
+            decode_segment(&kv.value).ok_or_else(|| Error::corrupt("audit segment", "undecodable"))
+        })
         .collect()
+}
+
+/// The segments from the one starting at `from` on, each with whether it is stored under its
+/// own first seq, and `None` for an undecodable one (the verifier reports where).
+async fn read_segment_pairs(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    from: u64,
+) -> Result<Vec<(bool, Option<AuditSegment>)>> {
+    let range = RangeOption::new(keys.audit_segment(from), keys.audit_segments().end).snapshot();
+    Ok(tx
+        .get_range_all(&range)
+        .await?
+        .iter()
+        .map(|kv| {
+            let s = decode_segment(&kv.value);
+            let in_place = s
+                .as_ref()
+                .is_some_and(|s| kv.key == keys.audit_segment(s.first_seq));
+            (in_place, s)
+        })
+        .collect())
 }
 
 fn decode_sealed(seq: u64, v: &[u8]) -> Result<SealedEvent> {

@@ -24,26 +24,39 @@
 //!   all of the user's families in the same transaction.
 //! - Two refreshes racing on one family conflict on the family record: the loser's retry sees
 //!   the rotation and follows the grace or reuse rule.
+//!
+//! # Expiry and deletion ([`AuthSessions::expire`], the `expire_auth_tokens` job)
+//! - A family past its absolute or idle expiry is **marked** expired (`expired_at` = the
+//!   moment it expired: a state change, nothing deleted), so lists and audits show it ended.
+//! - A family that is expired or revoked is **deleted** (record, tokens, indexes) once
+//!   `auth.retention_tail` (default 30 days) has passed since it ended. Until then a late token
+//!   of it is still answered `Expired` or `Revoked`.
+//! - An active family is never touched: the used tokens it keeps are what reuse detection
+//!   compares against, so deleting them would let a stolen old token pass as merely invalid.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use steward_store::Transaction;
+use steward_store::{key_after, RangeOption, Transaction};
 use uuid::Uuid;
 
+use crate::audit::NewAuditEvent;
 use crate::codec::{check_len, decode, encode, hex, os_random, unhex, MAX_INLINE_VALUE};
 use crate::error::{Error, RefreshRejection, Result};
 use crate::keys::TenantKeys;
 use crate::user::require_active_user;
-use crate::{Models, MAX_PAGE};
+use crate::{check_limit, Models, MAX_PAGE};
 
 /// The version prefix of refresh tokens.
 pub const TOKEN_PREFIX: &str = "stw1";
 /// Longest client label (device, user agent), in bytes.
 pub const MAX_CLIENT_BYTES: usize = 256;
+/// The action of the audit event one [`AuthSessions::expire`] run appends.
+pub const TOKENS_EXPIRED_ACTION: &str = "auth.tokens_expired";
 const SECRET_BYTES: usize = 32;
 const MAC_DOMAIN: &[u8] = b"steward.refresh.v1\0";
 
@@ -93,14 +106,128 @@ pub struct AuthSession {
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
     pub revoke_reason: Option<RevokeReason>,
+    /// When it expired (the earlier of its two expiries), once the expiry job marked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<i64>,
+}
+
+/// Where a family is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSessionState {
+    /// Its current token can be refreshed.
+    Active,
+    /// Past its absolute or idle expiry (marked or not yet).
+    Expired,
+    /// Revoked (logout, reuse, password change, ...).
+    Revoked,
 }
 
 impl AuthSession {
-    /// Not revoked and neither expiry passed at `now`.
+    /// The earlier of the absolute and the idle expiry.
+    #[must_use]
+    pub fn expires_at(&self) -> i64 {
+        self.absolute_expires_at.min(self.idle_expires_at)
+    }
+
+    /// Not revoked, not marked expired, and neither expiry passed at `now`.
     #[must_use]
     pub fn is_active(&self, now: i64) -> bool {
-        self.revoked_at.is_none() && now < self.absolute_expires_at && now < self.idle_expires_at
+        self.state(now) == AuthSessionState::Active
     }
+
+    /// The state at `now` (revoked wins over expired).
+    #[must_use]
+    pub fn state(&self, now: i64) -> AuthSessionState {
+        if self.revoked_at.is_some() {
+            AuthSessionState::Revoked
+        } else if self.expired_at.is_some() || now >= self.expires_at() {
+            AuthSessionState::Expired
+        } else {
+            AuthSessionState::Active
+        }
+    }
+
+    /// When it stopped being active (revoked or expired, whichever came first), if it has by
+    /// `now`.
+    #[must_use]
+    pub fn ended_at(&self, now: i64) -> Option<i64> {
+        let expired = self
+            .expired_at
+            .or_else(|| (now >= self.expires_at()).then(|| self.expires_at()));
+        match (self.revoked_at, expired) {
+            (Some(r), Some(e)) => Some(r.min(e)),
+            (r, e) => r.or(e),
+        }
+    }
+}
+
+/// What one [`AuthSessions::expire_batch`] transaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpireBatch {
+    /// Families looked at.
+    pub scanned: usize,
+    /// Families marked expired.
+    pub marked_expired: usize,
+    /// Families deleted (expired or revoked, past the retention tail).
+    pub deleted: usize,
+    /// Pass as `after` to go on; `None`: every family was looked at.
+    pub next: Option<Uuid>,
+}
+
+/// What a whole expiry run over a tenant did ([`AuthSessions::expire`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpireStats {
+    /// Transactions it took.
+    pub batches: usize,
+    /// Families looked at.
+    pub scanned: usize,
+    /// Families marked expired.
+    pub marked_expired: usize,
+    /// Families deleted.
+    pub deleted: usize,
+    /// The `auth.tokens_expired` audit event recording the run, once appended.
+    pub audit_event: Option<Uuid>,
+}
+
+impl ExpireStats {
+    /// Adds one batch's counts.
+    pub fn add(&mut self, batch: &ExpireBatch) {
+        self.batches += 1;
+        self.scanned += batch.scanned;
+        self.marked_expired += batch.marked_expired;
+        self.deleted += batch.deleted;
+    }
+}
+
+/// What the expiry job does to one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExpiryAction {
+    Keep,
+    MarkExpired,
+    Delete,
+}
+
+fn expiry_action(fam: &AuthSession, now: i64, tail: i64) -> ExpiryAction {
+    match fam.ended_at(now) {
+        None => ExpiryAction::Keep,
+        Some(ended) if now.saturating_sub(ended) >= tail => ExpiryAction::Delete,
+        Some(_) if fam.revoked_at.is_none() && fam.expired_at.is_none() => {
+            ExpiryAction::MarkExpired
+        }
+        Some(_) => ExpiryAction::Keep,
+    }
+}
+
+/// What an expiry transaction attempt changed, for a retry after `commit_unknown_result`.
+#[derive(Debug, Clone, Default)]
+struct ExpiryAttempt {
+    /// The last family it looked at.
+    last: Option<Uuid>,
+    /// It looked at every family up to the end.
+    reached_end: bool,
+    marked: Vec<Uuid>,
+    deleted: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +407,7 @@ impl<'a> AuthSessions<'a> {
             current_generation: 1,
             revoked_at: None,
             revoke_reason: None,
+            expired_at: None,
         };
         let record = TokenRecord {
             generation: 1,
@@ -383,7 +511,10 @@ impl<'a> AuthSessions<'a> {
                 if fam.revoked_at.is_some() {
                     return reject(RefreshRejection::Revoked);
                 }
-                if now >= fam.absolute_expires_at || now >= fam.idle_expires_at {
+                if fam.expired_at.is_some()
+                    || now >= fam.absolute_expires_at
+                    || now >= fam.idle_expires_at
+                {
                     return reject(RefreshRejection::Expired);
                 }
                 let fresh = rec.generation == current && rec.used_at.is_none() && !rec.superseded;
@@ -533,7 +664,9 @@ impl<'a> AuthSessions<'a> {
     }
 
     /// Deletes up to `limit` families whose absolute expiry has passed, with their tokens and
-    /// index entries. Returns how many were deleted (call again while it returns `limit`).
+    /// index entries, at once (no retention tail: the periodic job uses
+    /// [`AuthSessions::expire`] instead). Returns how many were deleted (call again while it
+    /// returns `limit`).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad limit; store errors.
@@ -570,7 +703,7 @@ impl<'a> AuthSessions<'a> {
                         continue;
                     };
                     if let Some(fam) = read_family(&tx, keys, family).await? {
-                        tx.clear(&keys.auth_by_user(fam.user_id, family));
+                        delete_family_in(&tx, keys, &fam);
                     }
                     tx.clear(&keys.auth_family(family));
                     let toks = keys.auth_tokens(family);
@@ -587,6 +720,185 @@ impl<'a> AuthSessions<'a> {
             })
             .await
     }
+
+    /// One transaction of the expiry job: looks at up to `limit` families after `after` (by
+    /// id), marks those past their absolute or idle expiry as expired, and deletes those
+    /// expired or revoked longer than `auth.retention_tail` ago (record, tokens, indexes).
+    /// Active families are left alone, used tokens included (reuse detection needs them).
+    /// Time is the store's clock. Idempotent: run it again and nothing changes twice.
+    ///
+    /// Only the families it changes are guarded against concurrent writes (a refresh racing
+    /// with their marking conflicts and retries); after `commit_unknown_result` the retry looks
+    /// at the same families and counts what its committed attempt did.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad limit (1 to 1000); [`Error::Corrupt`] for an undecodable
+    /// family; store errors.
+    pub async fn expire_batch(
+        &self,
+        tenant: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<ExpireBatch> {
+        let limit = check_limit(limit)?;
+        let keys = TenantKeys::new(tenant);
+        let keys = &keys;
+        let now = self.m.now();
+        let tail = micros(self.m.config().auth.retention_tail);
+        let tried: Mutex<Option<ExpiryAttempt>> = Mutex::new(None);
+        let tried = &tried;
+        self.m
+            .db()
+            .transact(|tx, maybe_committed| async move {
+                let prior = if maybe_committed.0 {
+                    tried.lock().unwrap_or_else(PoisonError::into_inner).clone()
+                } else {
+                    None
+                };
+                // The same families as the attempt that may have committed: up to its last.
+                let range = match prior.as_ref() {
+                    Some(p) if !p.reached_end => {
+                        let mut r = families_after(keys, after);
+                        if let Some(last) = p.last {
+                            r.end = key_after(&keys.auth_family(last));
+                        }
+                        r
+                    }
+                    Some(_) => families_after(keys, after),
+                    None => families_after(keys, after).limit(limit),
+                };
+                let page = tx.get_range(&range.snapshot()).await?;
+                let mut batch = ExpireBatch::default();
+                let mut attempt = ExpiryAttempt {
+                    reached_end: match prior.as_ref() {
+                        Some(p) => p.reached_end,
+                        None => page.kvs.len() < limit,
+                    },
+                    ..ExpiryAttempt::default()
+                };
+                for kv in &page.kvs {
+                    let fam: AuthSession = decode(|| "auth session".into(), &kv.value)?;
+                    attempt.last = Some(fam.id);
+                    batch.scanned += 1;
+                    match expiry_action(&fam, now, tail) {
+                        ExpiryAction::Keep => {
+                            let ours = prior.as_ref().is_some_and(|p| p.marked.contains(&fam.id));
+                            if ours && fam.expired_at == Some(fam.expires_at()) {
+                                batch.marked_expired += 1;
+                                attempt.marked.push(fam.id);
+                            }
+                        }
+                        ExpiryAction::MarkExpired => {
+                            tx.add_read_conflict_key(&kv.key);
+                            let mut marked = fam.clone();
+                            marked.expired_at = Some(fam.expires_at());
+                            write_family(&tx, keys, &marked)?;
+                            batch.marked_expired += 1;
+                            attempt.marked.push(fam.id);
+                        }
+                        ExpiryAction::Delete => {
+                            tx.add_read_conflict_key(&kv.key);
+                            delete_family_in(&tx, keys, &fam);
+                            batch.deleted += 1;
+                            attempt.deleted.push(fam.id);
+                        }
+                    }
+                }
+                if let Some(p) = prior {
+                    // Families the committed attempt deleted are gone from this scan.
+                    for id in p.deleted {
+                        if !attempt.deleted.contains(&id)
+                            && tx.get(&keys.auth_family(id), true).await?.is_none()
+                        {
+                            batch.scanned += 1;
+                            batch.deleted += 1;
+                            attempt.deleted.push(id);
+                        }
+                    }
+                    attempt.last = attempt.last.max(p.last);
+                }
+                batch.next = if attempt.reached_end {
+                    None
+                } else {
+                    attempt.last.or(after)
+                };
+                *tried.lock().unwrap_or_else(PoisonError::into_inner) = Some(attempt);
+                Ok(batch)
+            })
+            .await
+    }
+
+    /// The `expire_auth_tokens` job for one tenant: [`AuthSessions::expire_batch`] from the
+    /// first family to the last, `batch` families per transaction, then one
+    /// `auth.tokens_expired` audit event with the run's counts
+    /// ([`AuthSessions::record_expiry`]). Re-runnable at any time: a run cut short leaves
+    /// whole batches done, and the next run finds nothing left to redo there.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad batch size (1 to 1000); [`Error::NotFound`] if the tenant
+    /// does not exist (when appending the event); [`Error::Corrupt`]; store errors.
+    pub async fn expire(&self, tenant: Uuid, batch: usize) -> Result<ExpireStats> {
+        let mut stats = ExpireStats::default();
+        let mut after = None;
+        loop {
+            let b = self.expire_batch(tenant, after, batch).await?;
+            stats.add(&b);
+            match b.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let event = self.record_expiry(tenant, &stats).await?;
+        stats.audit_event = Some(event);
+        Ok(stats)
+    }
+
+    /// Appends the one `auth.tokens_expired` audit event of a run (details: `batches`,
+    /// `scanned`, `marked_expired`, `deleted`, `retention_tail_secs`) and returns its id. For
+    /// a caller that drives [`AuthSessions::expire_batch`] itself (checkpointing the cursor
+    /// between job attempts): call it once, after the last batch.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for the tenant; store errors.
+    pub async fn record_expiry(&self, tenant: Uuid, stats: &ExpireStats) -> Result<Uuid> {
+        let event = self
+            .m
+            .audit()
+            .append(
+                tenant,
+                NewAuditEvent {
+                    details: serde_json::json!({
+                        "batches": stats.batches,
+                        "scanned": stats.scanned,
+                        "marked_expired": stats.marked_expired,
+                        "deleted": stats.deleted,
+                        "retention_tail_secs": self.m.config().auth.retention_tail.as_secs(),
+                    }),
+                    ..NewAuditEvent::new(TOKENS_EXPIRED_ACTION)
+                },
+            )
+            .await?;
+        Ok(event.id)
+    }
+}
+
+/// Clears a family: its record, its tokens and its index entries.
+fn delete_family_in(tx: &Transaction, keys: &TenantKeys, fam: &AuthSession) {
+    tx.clear(&keys.auth_family(fam.id));
+    let toks = keys.auth_tokens(fam.id);
+    tx.clear_range(&toks.begin, &toks.end);
+    tx.clear(&keys.auth_by_user(fam.user_id, fam.id));
+    tx.clear(&keys.auth_by_expiry(fam.absolute_expires_at, fam.id));
+}
+
+/// The family records after `after` (all of them for `None`), in id order (UUIDv7: about
+/// creation order).
+fn families_after(keys: &TenantKeys, after: Option<Uuid>) -> RangeOption {
+    let begin = match after {
+        Some(f) => key_after(&keys.auth_family(f)),
+        None => keys.auth_family(Uuid::nil()),
+    };
+    RangeOption::new(begin, key_after(&keys.auth_family(Uuid::max())))
 }
 
 fn revoke_family(fam: &mut AuthSession, reason: RevokeReason, now: i64) {

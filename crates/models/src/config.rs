@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::codec::unhex;
 use crate::error::{Error, Result};
+use crate::signing::{AuditSigningKey, AuditVerifyingKey};
 
 /// OWASP's Argon2id memory cost (KiB) for t = 2, p = 1.
 pub const OWASP_MEMORY_KIB: u32 = 19_456;
@@ -38,6 +39,11 @@ pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_REFRESH_GRACE: Duration = Duration::from_secs(10);
 /// Longest grace window accepted.
 pub const MAX_REFRESH_GRACE: Duration = Duration::from_secs(60);
+/// Default time an expired or revoked family is kept before the expiry job deletes it (so a
+/// late token still reads as expired or revoked, and reuse forensics have its history).
+pub const DEFAULT_AUTH_RETENTION_TAIL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest retention tail accepted.
+pub const MAX_AUTH_RETENTION_TAIL: Duration = Duration::from_secs(400 * 24 * 3600);
 /// Shortest secret key accepted (HMAC-SHA-256 keys), in bytes.
 pub const MIN_SECRET_KEY_BYTES: usize = 32;
 /// Default most events sealed into the audit chain per transaction.
@@ -102,6 +108,17 @@ impl fmt::Debug for SecretKey {
 }
 
 const TEST_KEY: &[u8] = b"steward-models-test-key-not-secret!!";
+/// The seed of the fixed, public test signing key ([`ModelsConfig::for_tests`]).
+const TEST_SIGNING_SEED: &[u8; 32] = b"steward-models-test-audit-sign!!";
+
+/// The public test signing key: production refuses it as a signing and as a verifying key
+/// (anyone can sign with it).
+fn is_test_signing_key(public: &[u8; 32]) -> bool {
+    *public
+        == AuditSigningKey::from_seed(TEST_SIGNING_SEED)
+            .verifying_key()
+            .to_bytes()
+}
 
 /// Password hashing and acceptance: Argon2id parameters, lengths, and how many hashes may run
 /// at once.
@@ -237,6 +254,9 @@ pub struct AuthConfig {
     pub grace: Duration,
     /// Key of the HMAC-SHA-256 that refresh secrets are stored as.
     pub token_key: SecretKey,
+    /// How long an expired or revoked family is kept before
+    /// [`crate::AuthSessions::expire`] deletes it (counted from when it ended).
+    pub retention_tail: Duration,
 }
 
 impl AuthConfig {
@@ -248,6 +268,7 @@ impl AuthConfig {
             idle_ttl: DEFAULT_IDLE_TTL,
             grace: DEFAULT_REFRESH_GRACE,
             token_key,
+            retention_tail: DEFAULT_AUTH_RETENTION_TAIL,
         }
     }
 
@@ -273,6 +294,12 @@ impl AuthConfig {
         if self.grace > MAX_REFRESH_GRACE {
             return Err(Error::invalid("auth.grace", "must be between 0 and 60 s"));
         }
+        if self.retention_tail > MAX_AUTH_RETENTION_TAIL {
+            return Err(Error::invalid(
+                "auth.retention_tail",
+                "must be between 0 and 400 days",
+            ));
+        }
         self.token_key.validate("auth.token_key", production)
     }
 }
@@ -285,6 +312,12 @@ pub struct AuditConfig {
     pub chain_key: SecretKey,
     /// Most events sealed per transaction.
     pub seal_batch: usize,
+    /// The Ed25519 key that signs compacted segments (from `audit.signing_key_file`);
+    /// compaction refuses to run without one.
+    pub signing_key: Option<AuditSigningKey>,
+    /// Public keys of earlier signing keys (by key id), so segments they signed still verify
+    /// after a rotation. The signing key's own public key need not be listed.
+    pub verifying_keys: Vec<AuditVerifyingKey>,
 }
 
 impl AuditConfig {
@@ -294,7 +327,29 @@ impl AuditConfig {
         AuditConfig {
             chain_key,
             seal_batch: DEFAULT_SEAL_BATCH,
+            signing_key: None,
+            verifying_keys: Vec::new(),
         }
+    }
+
+    /// The same settings signing with `key`.
+    #[must_use]
+    pub fn with_signing_key(mut self, key: AuditSigningKey) -> Self {
+        self.signing_key = Some(key);
+        self
+    }
+
+    /// The public key a segment's key id names: the signing key's, else one of
+    /// `verifying_keys`.
+    #[must_use]
+    pub fn verifying_key(&self, key_id: &str) -> Option<AuditVerifyingKey> {
+        if let Some(k) = self.signing_key.as_ref().filter(|k| k.id() == key_id) {
+            return Some(k.verifying_key());
+        }
+        self.verifying_keys
+            .iter()
+            .find(|k| k.id() == key_id)
+            .cloned()
     }
 
     /// Checks the bounds.
@@ -308,7 +363,39 @@ impl AuditConfig {
                 "must be between 1 and 1000",
             ));
         }
-        self.chain_key.validate("audit.chain_key", production)
+        self.chain_key.validate("audit.chain_key", production)?;
+        if let Some(k) = &self.signing_key {
+            if production && is_test_signing_key(&k.public_bytes()) {
+                return Err(Error::invalid(
+                    "audit.signing_key_file",
+                    "the test signing key is refused in production",
+                ));
+            }
+        }
+        let mut all: Vec<AuditVerifyingKey> = self.verifying_keys.clone();
+        all.extend(
+            self.signing_key
+                .as_ref()
+                .map(AuditSigningKey::verifying_key),
+        );
+        for (i, k) in all.iter().enumerate() {
+            if production && is_test_signing_key(&k.to_bytes()) {
+                return Err(Error::invalid(
+                    "audit.verifying_keys",
+                    "the public test key is refused in production (anyone can sign with it)",
+                ));
+            }
+            if all[..i]
+                .iter()
+                .any(|o| o.id() == k.id() && o.to_bytes() != k.to_bytes())
+            {
+                return Err(Error::invalid(
+                    "audit.verifying_keys",
+                    format!("key id {} names two different keys", k.id()),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -340,14 +427,15 @@ impl ModelsConfig {
         }
     }
 
-    /// A fast, insecure profile for tests: the weak password profile, fixed public keys,
-    /// `production = false`, and a fixed id seed.
+    /// A fast, insecure profile for tests: the weak password profile, fixed public keys (the
+    /// audit signing key too), `production = false`, and a fixed id seed.
     #[must_use]
     pub fn for_tests() -> Self {
         ModelsConfig {
             password: PasswordPolicy::insecure_for_tests(),
             auth: AuthConfig::new(SecretKey::new(TEST_KEY)),
-            audit: AuditConfig::new(SecretKey::new(TEST_KEY)),
+            audit: AuditConfig::new(SecretKey::new(TEST_KEY))
+                .with_signing_key(AuditSigningKey::from_seed(TEST_SIGNING_SEED)),
             production: false,
             id_seed: Some(7),
         }
@@ -382,7 +470,53 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("audit.chain_key"), "{e}");
         c.audit.chain_key = SecretKey::new([2u8; 32]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("audit.signing_key_file"), "{e}");
+        let test_public = c.audit.signing_key.as_ref().unwrap().verifying_key();
+        c.audit.signing_key = Some(AuditSigningKey::from_seed(&[3u8; 32]));
         assert!(c.validate().is_ok());
+        // Nor may the public test key verify anything in production.
+        c.audit.verifying_keys.push(test_public);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("audit.verifying_keys"), "{e}");
+        c.audit.verifying_keys.clear();
+        // Without a signing key the crate opens (compaction then refuses to run).
+        c.audit.signing_key = None;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn audit_keys_are_found_by_id_and_ids_must_not_collide() {
+        let old = AuditSigningKey::from_seed(&[4u8; 32]);
+        let new = AuditSigningKey::from_seed(&[5u8; 32]);
+        let mut a = AuditConfig::new(SecretKey::new([1u8; 32])).with_signing_key(new.clone());
+        a.verifying_keys.push(old.verifying_key());
+        assert!(a.validate(true).is_ok());
+        assert_eq!(a.verifying_key(new.id()), Some(new.verifying_key()));
+        assert_eq!(a.verifying_key(old.id()), Some(old.verifying_key()));
+        assert_eq!(a.verifying_key("ed25519:0000000000000000"), None);
+        a.verifying_keys.push(
+            AuditSigningKey::from_seed(&[6u8; 32])
+                .verifying_key()
+                .with_id(new.id())
+                .unwrap(),
+        );
+        let e = a.validate(true).unwrap_err().to_string();
+        assert!(
+            e.contains("audit.verifying_keys") && e.contains("two different"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_retention_tail_is_bounded() {
+        let mut a = AuthConfig::new(SecretKey::new([1u8; 32]));
+        assert_eq!(a.retention_tail, DEFAULT_AUTH_RETENTION_TAIL);
+        a.retention_tail = Duration::ZERO;
+        assert!(a.validate(true).is_ok());
+        a.retention_tail = MAX_AUTH_RETENTION_TAIL + Duration::from_secs(1);
+        let e = a.validate(true).unwrap_err().to_string();
+        assert!(e.contains("auth.retention_tail"), "{e}");
     }
 
     #[test]

@@ -100,8 +100,11 @@ impl fmt::Display for RefreshRejection {
 /// Where and how the audit chain fails to verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainBreak {
-    /// The sequence number at which verification failed.
+    /// The sequence number at which verification failed (for a segment: its first seq).
     pub seq: u64,
+    /// The compacted segment at fault, as its `(first_seq, last_seq)`; `None` when the break
+    /// is at an event (or the head).
+    pub segment: Option<(u64, u64)>,
     /// What was found there.
     pub kind: ChainBreakKind,
 }
@@ -121,6 +124,17 @@ pub enum ChainBreakKind {
     HeadMismatch,
     /// A stored event or segment could not be decoded.
     Undecodable,
+    /// A segment's Ed25519 signature does not verify: a forged or altered segment.
+    SegmentSignature,
+    /// A segment is signed under a key id none of the configured verifying keys has (forged
+    /// with another key, or a retired key missing from `audit.verifying_keys`).
+    UnknownSigningKey,
+    /// A segment's Merkle root differs from the one recorded for it (by the `audit.compacted`
+    /// event in the chain, or computed from the events it claims to summarise).
+    MerkleRootMismatch,
+    /// A segment's own fields disagree (its count is not its range's length, or its range is
+    /// empty).
+    SegmentMalformed,
 }
 
 impl fmt::Display for ChainBreak {
@@ -130,9 +144,16 @@ impl fmt::Display for ChainBreak {
             ChainBreakKind::PrevHashMismatch => "previous-hash mismatch (reordered or replaced)",
             ChainBreakKind::HashMismatch => "hash mismatch (the event was changed)",
             ChainBreakKind::HeadMismatch => "the head does not match the last event",
-            ChainBreakKind::Undecodable => "undecodable event",
+            ChainBreakKind::Undecodable => "undecodable event or segment",
+            ChainBreakKind::SegmentSignature => "segment signature does not verify (forged)",
+            ChainBreakKind::UnknownSigningKey => "segment signed by an unknown key",
+            ChainBreakKind::MerkleRootMismatch => "segment Merkle root does not match",
+            ChainBreakKind::SegmentMalformed => "segment count does not match its range",
         };
-        write!(f, "at seq {}: {what}", self.seq)
+        match self.segment {
+            Some((first, last)) => write!(f, "in segment {first}..={last}: {what}"),
+            None => write!(f, "at seq {}: {what}", self.seq),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! | [`AuthSession`] | [`AuthSessions`] | a login: a refresh-token family with rotation and reuse detection (RFC 9700) |
 //! | [`WorkspaceSession`] | [`WorkspaceSessions`] | the persistent IDE session (editor, terminal, agent memory), indexed by owner, workspace, parent and activity |
 //! | [`Conversation`], [`Message`] | [`Conversations`] | ordered, conflict-free, chunked messages |
-//! | [`AuditEvent`] | [`Audit`] | an append-only, hash-chained audit log with a verifier and compaction segments |
+//! | [`AuditEvent`] | [`Audit`] | an append-only, hash-chained audit log with a verifier and signed (Ed25519, RFC 6962 Merkle root) compaction segments |
 //! | [`File`] | [`Files`] | workspace file metadata with version history |
 //!
 //! ```
@@ -42,7 +42,9 @@
 //!   under `("g", "tenants")`, the schema version at `("meta", "schema")` ([`ensure_schema`]).
 //! - one module per record with its repository: `tenant`, `user`, `auth`, `workspace`,
 //!   `conversation`, `audit`, `file`; `password` ([`PasswordHasher`]: Argon2id on the blocking
-//!   pool behind a semaphore); `config` ([`ModelsConfig`] and its `validate()`); `codec`
+//!   pool behind a semaphore); `signing` ([`AuditSigningKey`], [`AuditVerifyingKey`]: the
+//!   Ed25519 keys of audit segments and their loaders); [`merkle`] (RFC 6962 tree hashes);
+//!   `config` ([`ModelsConfig`] and its `validate()`); `codec`
 //!   (JSON with size checks, chunking); `error` ([`Error`], which keeps store errors retryable).
 //!
 //! Time comes from the store's injected clock (`Database::clock`), ids from an
@@ -70,8 +72,10 @@ mod conversation;
 mod error;
 mod file;
 mod keys;
+pub mod merkle;
 mod password;
 mod schema;
+mod signing;
 mod tenant;
 mod user;
 mod workspace;
@@ -83,20 +87,20 @@ use uuid::Uuid;
 
 pub use crate::audit::{
     hash_from_hex, hash_hex, Audit, AuditEvent, AuditLookup, AuditSegment, ChainHead, ChainReport,
-    Hash, NewAuditEvent, SealOutcome, SealedEvent, MAX_ACTION_BYTES, MAX_AUDIT_EVENT_BYTES,
-    MAX_SEGMENT_EVENTS, MAX_TARGET_BYTES,
+    CompactionRun, Hash, NewAuditEvent, SealOutcome, SealedEvent, SegmentSeal, COMPACTED_ACTION,
+    MAX_ACTION_BYTES, MAX_AUDIT_EVENT_BYTES, MAX_SEGMENT_EVENTS, MAX_TARGET_BYTES,
 };
 pub use crate::auth::{
-    AuthSession, AuthSessions, IssuedToken, RefreshToken, RevokeReason, MAX_CLIENT_BYTES,
-    TOKEN_PREFIX,
+    AuthSession, AuthSessionState, AuthSessions, ExpireBatch, ExpireStats, IssuedToken,
+    RefreshToken, RevokeReason, MAX_CLIENT_BYTES, TOKENS_EXPIRED_ACTION, TOKEN_PREFIX,
 };
 pub use crate::codec::{CHUNK_BYTES, MAX_INLINE_VALUE};
 pub use crate::config::{
     AuditConfig, AuthConfig, ModelsConfig, PasswordPolicy, SecretKey, DEFAULT_ABSOLUTE_TTL,
-    DEFAULT_IDLE_TTL, DEFAULT_MAX_CONCURRENT_HASHES, DEFAULT_MAX_PASSWORD_BYTES,
-    DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_REFRESH_GRACE, DEFAULT_SEAL_BATCH, MAX_REFRESH_GRACE,
-    MIN_SECRET_KEY_BYTES, OWASP_ARGON2ID_PROFILES, OWASP_ITERATIONS, OWASP_MEMORY_KIB,
-    OWASP_PARALLELISM,
+    DEFAULT_AUTH_RETENTION_TAIL, DEFAULT_IDLE_TTL, DEFAULT_MAX_CONCURRENT_HASHES,
+    DEFAULT_MAX_PASSWORD_BYTES, DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_REFRESH_GRACE,
+    DEFAULT_SEAL_BATCH, MAX_AUTH_RETENTION_TAIL, MAX_REFRESH_GRACE, MIN_SECRET_KEY_BYTES,
+    OWASP_ARGON2ID_PROFILES, OWASP_ITERATIONS, OWASP_MEMORY_KIB, OWASP_PARALLELISM,
 };
 pub use crate::conversation::{
     Conversation, ConversationStats, Conversations, Message, MessagePosition, MessageRole,
@@ -107,8 +111,12 @@ pub use crate::error::{ChainBreak, ChainBreakKind, Error, RefreshRejection, Resu
 pub use crate::file::{
     File, FileChange, FileChangeKind, FileVersion, Files, MAX_CONTENT_HASH_BYTES, MAX_PATH_BYTES,
 };
+pub use crate::merkle::{merkle_root, MerkleBuilder, EMPTY_ROOT};
 pub use crate::password::{PasswordHasher, Verified};
 pub use crate::schema::{ensure_schema, SCHEMA_VERSION};
+pub use crate::signing::{
+    key_fingerprint, AuditSigningKey, AuditVerifyingKey, MAX_KEY_ID_BYTES, SIGNATURE_BYTES,
+};
 pub use crate::tenant::{
     ExportPage, NewTenant, Plan, PlanLimits, Tenant, TenantKind, Tenants,
     HIPAA_MIN_AUDIT_RETENTION_DAYS, MAX_FEATURE_FLAGS, MAX_FEATURE_FLAG_BYTES,

@@ -1,5 +1,13 @@
 //! The store's schema version, `("meta", "schema")`: written on first use; a newer binary
-//! migrates (none needed yet: version 1 is the first), an older one refuses to start.
+//! migrates, an older one refuses to start.
+//!
+//! # Versions
+//! - 1: the first.
+//! - 2: audit segments are signed records (`"v": 2`: count, Merkle root, key id, Ed25519
+//!   signature) that a version-1 binary cannot decode, hence the bump: it must refuse to start
+//!   rather than report a broken chain. Migrating 1 to 2 rewrites nothing: version-1 segments
+//!   (sealed by a MAC) stay readable and verifiable as legacy segments, and their events are
+//!   gone, so no Merkle root could be computed for them anyway.
 
 use steward_store::Database;
 
@@ -8,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Makes sure the store's schema is one this binary can use: writes [`SCHEMA_VERSION`] if no
 /// version is stored, accepts an equal one, and refuses a newer one. Returns the version now
@@ -29,8 +37,13 @@ pub async fn ensure_schema(db: &Database) -> Result<u32> {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                // Older versions would be migrated here, in steps, each in its own
-                // transaction, before the new version is written.
+                // Older versions are migrated here, in steps, each in its own transaction,
+                // before the new version is written. 1 -> 2 has nothing to rewrite.
+                if stored < SCHEMA_VERSION {
+                    tx.set(&key, &encode("schema", &SCHEMA_VERSION, 16)?);
+                    tracing::info!(from = stored, to = SCHEMA_VERSION, "store schema migrated");
+                    return Ok(SCHEMA_VERSION);
+                }
                 Ok(stored)
             }
             None => {

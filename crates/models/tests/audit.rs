@@ -305,12 +305,20 @@ async fn compaction_replaces_old_events_and_the_chain_still_verifies(backend: Ba
     assert_eq!(seg2.last_hash, head.hash);
     let report = audit.verify_chain(t).await.unwrap();
     assert_eq!((report.segments, report.events_checked), (2, 0));
-    // New events chain on after the segments.
+    // New events chain on after the segments: the two `audit.compacted` records, then ours.
     audit.append(t, NewAuditEvent::new("after")).await.unwrap();
     audit.seal_all(t).await.unwrap();
-    assert_eq!(audit.verify_chain(t).await.unwrap().events_checked, 1);
+    let after = audit.events(t, 6, 10).await.unwrap();
+    assert_eq!(
+        after
+            .iter()
+            .map(|e| e.event.action.as_str())
+            .collect::<Vec<_>>(),
+        vec!["audit.compacted", "audit.compacted", "after"]
+    );
+    assert_eq!(audit.verify_chain(t).await.unwrap().events_checked, 3);
 
-    // A forged segment (its hash changed) is caught by its MAC.
+    // A forged segment (its range shortened) is caught: its count no longer matches.
     let key = pack(&("t", t, "audit", "seg", 1u64));
     let v = raw_get(&env.raw, &key).await;
     let mut seg_json: serde_json::Value = serde_json::from_slice(&v).unwrap();
@@ -321,11 +329,22 @@ async fn compaction_replaces_old_events_and_the_chain_still_verifies(backend: Ba
         Some(&serde_json::to_vec(&seg_json).unwrap()),
     )
     .await;
-    let (_, kind) = break_of(audit.verify_chain(t).await);
-    assert!(matches!(
-        kind,
-        ChainBreakKind::HashMismatch | ChainBreakKind::Gap
-    ));
+    assert_eq!(
+        break_of(audit.verify_chain(t).await),
+        (1, ChainBreakKind::SegmentMalformed)
+    );
+    // With the count shortened too, the signature no longer verifies.
+    seg_json["count"] = json!(2);
+    raw_set(
+        &env.raw,
+        &key,
+        Some(&serde_json::to_vec(&seg_json).unwrap()),
+    )
+    .await;
+    assert_eq!(
+        break_of(audit.verify_chain(t).await),
+        (1, ChainBreakKind::SegmentSignature)
+    );
 }
 
 backend_tests!(
