@@ -63,9 +63,16 @@ impl fmt::Display for Provider {
     }
 }
 
-/// A secret (an API key): never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+/// A secret (an API key): never printed by `Debug`, and serialized as `"***"` (a dumped
+/// configuration does not leak it).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
+
+impl Serialize for ApiKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
 
 impl ApiKey {
     /// Wraps a key.
@@ -300,6 +307,9 @@ mod tests {
         c.validate().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.base_url(), "http://127.0.0.1:1/v1");
         assert!(!format!("{c:?}").contains("sk-secret-value"));
+        let dumped = serde_json::to_string(&c).unwrap_or_default();
+        assert!(dumped.contains("\"openai_api_key\":\"***\""), "{dumped}");
+        assert!(!dumped.contains("sk-secret-value"));
     }
 
     #[test]
