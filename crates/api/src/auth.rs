@@ -453,7 +453,7 @@ impl KeySet {
         else {
             return Err(TokenError::Malformed("not three parts"));
         };
-        let header_bytes = b64(h64, "header")?;
+        let header_bytes = b64(h64)?;
         let header: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&header_bytes)
                 .map_err(|_| TokenError::Malformed("header is not a JSON object"))?;
@@ -469,7 +469,7 @@ impl KeySet {
         if alg != key.algorithm().as_str() {
             return Err(TokenError::WrongAlgorithm(alg.to_string()));
         }
-        let signature = b64(s64, "signature")?;
+        let signature = b64(s64)?;
         let signed = &token.as_bytes()[..h64.len() + 1 + p64.len()];
         match key {
             VerificationKey::Ed25519(k) => {
@@ -486,7 +486,7 @@ impl KeySet {
                     .map_err(|_| TokenError::BadSignature)?;
             }
         }
-        let payload = b64(p64, "payload")?;
+        let payload = b64(p64)?;
         let claims: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&payload)
                 .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
@@ -494,7 +494,7 @@ impl KeySet {
     }
 }
 
-fn b64(s: &str, _what: &'static str) -> Result<Vec<u8>, TokenError> {
+fn b64(s: &str) -> Result<Vec<u8>, TokenError> {
     URL_SAFE_NO_PAD
         .decode(s)
         .map_err(|_| TokenError::Malformed("a part is not base64url"))

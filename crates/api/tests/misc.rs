@@ -410,3 +410,25 @@ async fn state_refuses_bad_config_and_an_empty_key_set() {
     .unwrap_err();
     assert_eq!(e.field, "auth.keys");
 }
+
+#[tokio::test]
+async fn serve_answers_on_a_socket_and_stops_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(steward_api::serve(listener, h.router.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"ok\""), "{answer}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
