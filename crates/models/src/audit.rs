@@ -834,20 +834,13 @@ impl<'a> Audit<'a> {
     pub async fn verify_chain(&self, tenant: Uuid) -> Result<ChainReport> {
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
-        let (mut head, segments) = self
+        let mut head = self
             .m
             .db()
-            .transact(|tx, _| async move {
-                Ok::<_, Error>((
-                    read_head(&tx, keys).await?,
-                    read_segment_pairs(&tx, keys, 1).await?,
-                ))
-            })
+            .transact(|tx, _| async move { read_head(&tx, keys).await })
             .await?;
         let mut walk = Walk::new(tenant, self.key(), &self.m.config().audit, head);
-        for (in_place, s) in &segments {
-            walk.segment(*in_place, s.as_ref())?;
-        }
+        self.walk_segments(keys, &mut walk).await?;
         loop {
             while walk.next <= head.seq {
                 let from = walk.next;
@@ -872,21 +865,8 @@ impl<'a> Audit<'a> {
                 if !starts_here {
                     // Compacted since the segments were read? Go on from the segments that
                     // start here; otherwise the event is missing.
-                    let later = self
-                        .m
-                        .db()
-                        .transact(|tx, _| async move { read_segment_pairs(&tx, keys, from).await })
-                        .await?;
-                    if later
-                        .first()
-                        .and_then(|(_, s)| s.as_ref())
-                        .map(|s| s.first_seq)
-                        != Some(from)
-                    {
+                    if self.walk_segments(keys, &mut walk).await? == 0 {
                         return Err(broken(from, ChainBreakKind::Gap));
-                    }
-                    for (in_place, s) in &later {
-                        walk.segment(*in_place, s.as_ref())?;
                     }
                     continue;
                 }
@@ -915,6 +895,30 @@ impl<'a> Audit<'a> {
         }
         walk.report.head = head;
         Ok(walk.report)
+    }
+
+    /// Walks the stored segments from the walk's position on, a page per transaction, until
+    /// one does not continue the history (an error) or none is left. Returns how many it
+    /// walked.
+    async fn walk_segments(&self, keys: &TenantKeys, walk: &mut Walk<'_>) -> Result<usize> {
+        let mut walked = 0;
+        loop {
+            let from = walk.next;
+            let page = self
+                .m
+                .db()
+                .transact(
+                    |tx, _| async move { read_segment_pairs(&tx, keys, from, VERIFY_PAGE).await },
+                )
+                .await?;
+            for (in_place, s) in &page {
+                walk.segment(*in_place, s.as_ref())?;
+            }
+            walked += page.len();
+            if page.len() < VERIFY_PAGE {
+                return Ok(walked);
+            }
+        }
     }
 
     /// Checks events kept elsewhere (an export taken before compaction) against the segment
@@ -1404,17 +1408,21 @@ async fn read_segments(tx: &Transaction, keys: &TenantKeys) -> Result<Vec<AuditS
         .collect()
 }
 
-/// The segments from the one starting at `from` on, each with whether it is stored under its
-/// own first seq, and `None` for an undecodable one (the verifier reports where).
+/// Up to `limit` segments from the one starting at `from` on, each with whether it is stored
+/// under its own first seq, and `None` for an undecodable one (the verifier reports where).
 async fn read_segment_pairs(
     tx: &Transaction,
     keys: &TenantKeys,
     from: u64,
+    limit: usize,
 ) -> Result<Vec<(bool, Option<AuditSegment>)>> {
-    let range = RangeOption::new(keys.audit_segment(from), keys.audit_segments().end).snapshot();
+    let range = RangeOption::new(keys.audit_segment(from), keys.audit_segments().end)
+        .limit(limit)
+        .snapshot();
     Ok(tx
-        .get_range_all(&range)
+        .get_range(&range)
         .await?
+        .kvs
         .iter()
         .map(|kv| {
             let s = decode_segment(&kv.value);
