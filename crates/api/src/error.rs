@@ -227,3 +227,70 @@ impl From<steward_models::Error> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_and_records_errors_map_by_meaning() {
+        use steward_queue::Error as Q;
+        let store = ApiError::from(Q::Store(steward_store::Error::Conflict));
+        assert_eq!(store.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(store.retry_after.is_some());
+        let refused = ApiError::from(Q::Refused {
+            limit: "max_queued_bytes",
+            max: 10,
+            current: 10,
+        });
+        assert_eq!(
+            (refused.status, refused.code, refused.field.as_deref()),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                Some("max_queued_bytes")
+            )
+        );
+        let invalid = ApiError::from(Q::Invalid {
+            field: "priority",
+            message: "x".into(),
+        });
+        assert_eq!(
+            (invalid.status, invalid.field.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("priority"))
+        );
+        assert_eq!(
+            ApiError::from(Q::NotFound(uuid::Uuid::nil())).status,
+            StatusCode::NOT_FOUND
+        );
+
+        use steward_models::Error as M;
+        let exists = ApiError::from(M::AlreadyExists {
+            what: "user",
+            field: "email",
+        });
+        assert_eq!(
+            (exists.status, exists.field.as_deref()),
+            (StatusCode::CONFLICT, Some("email"))
+        );
+        let retry_limit = ApiError::from(M::Store(steward_store::Error::RetryLimitReached {
+            attempts: 3,
+            last: Box::new(steward_store::Error::TransactionTooOld),
+        }));
+        assert_eq!(retry_limit.status, StatusCode::SERVICE_UNAVAILABLE);
+        let reuse = ApiError::from(M::RefreshRejected(
+            steward_models::RefreshRejection::ReuseDetected,
+        ));
+        assert_eq!(
+            (reuse.status, reuse.code),
+            (StatusCode::UNAUTHORIZED, "refresh_reuse_detected")
+        );
+    }
+
+    #[test]
+    fn the_body_has_the_conventions_shape_and_retry_after_rounds_up() {
+        let resp = ApiError::rate_limited("slow down", Duration::from_millis(1500)).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+    }
+}

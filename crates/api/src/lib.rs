@@ -136,13 +136,32 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.body_limit))
         .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT,
             cfg.request_timeout,
         ))
+        .layer(axum::middleware::map_response(timeout_body))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Gives the timeout layer's bare 504 the API's error body.
+async fn timeout_body(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() == StatusCode::GATEWAY_TIMEOUT
+        && !resp
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took longer than api.request_timeout",
+        )
+        .into_response();
+    }
+    resp
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then finishes the requests in
@@ -161,4 +180,26 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bare_timeout_gets_the_error_body_and_others_are_left_alone() {
+        let bare = axum::response::Response::builder()
+            .status(StatusCode::GATEWAY_TIMEOUT)
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+        let resp = timeout_body(bare).await;
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(v["error"]["code"], "timeout");
+        let ok = axum::response::Response::new(axum::body::Body::from("fine"));
+        assert_eq!(timeout_body(ok).await.status(), StatusCode::OK);
+    }
 }

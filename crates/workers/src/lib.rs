@@ -20,6 +20,7 @@
 //! keys: queue state goes through `steward-queue`, records through `steward-models`.
 
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod handler;
 pub mod handlers;
