@@ -755,25 +755,23 @@ impl<'a> AuthSessions<'a> {
                 } else {
                     None
                 };
-                // The same families as the attempt that may have committed: up to its last.
-                let range = match prior.as_ref() {
-                    Some(p) if !p.reached_end => {
+                // The same families as the attempt that may have committed: up to its last
+                // (at most `limit` of them), or again to the end if it got there.
+                let bounded = prior
+                    .as_ref()
+                    .and_then(|p| p.last.filter(|_| !p.reached_end));
+                let range = match bounded {
+                    Some(last) => {
                         let mut r = families_after(keys, after);
-                        if let Some(last) = p.last {
-                            r.end = key_after(&keys.auth_family(last));
-                        }
+                        r.end = key_after(&keys.auth_family(last));
                         r
                     }
-                    Some(_) => families_after(keys, after),
                     None => families_after(keys, after).limit(limit),
                 };
                 let page = tx.get_range(&range.snapshot()).await?;
                 let mut batch = ExpireBatch::default();
                 let mut attempt = ExpiryAttempt {
-                    reached_end: match prior.as_ref() {
-                        Some(p) => p.reached_end,
-                        None => page.kvs.len() < limit,
-                    },
+                    reached_end: bounded.is_none() && page.kvs.len() < limit,
                     ..ExpiryAttempt::default()
                 };
                 for kv in &page.kvs {
