@@ -69,6 +69,23 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 }
 
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    /// Gives back the token of an attempt that turned out fine (a successful login), so only
+    /// failures use up the budget. Taken first and refunded after, so a burst of parallel
+    /// attempts cannot all pass before any failure is counted.
+    pub(crate) fn refund(&self, key: &K) {
+        let now = self.clock.monotonic();
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = map.get_mut(key) {
+            self.refill(b, now);
+            b.tokens = (b.tokens + 1.0).min(f64::from(self.limit.burst));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +107,9 @@ mod tests {
         assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
         assert!(b.take(&"b").is_ok(), "keys are independent");
         clock.advance(Duration::from_secs(1));
+        assert!(b.take(&"a").is_ok());
+        assert!(b.take(&"a").is_err());
+        b.refund(&"a");
         assert!(b.take(&"a").is_ok());
         assert!(b.take(&"a").is_err());
     }

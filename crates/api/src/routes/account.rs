@@ -128,6 +128,14 @@ pub(crate) async fn login(
         .users()
         .login(req.tenant_id, &email, &req.password)
         .await?;
+    // Only failed attempts count against the account and the address.
+    state
+        .inner
+        .login_account
+        .refund(&(req.tenant_id, email.clone()));
+    if let Some(ip) = addr {
+        state.inner.login_address.refund(&ip);
+    }
     let client = req.client.unwrap_or_default();
     let issued = models.auth().login(req.tenant_id, user.id, &client).await?;
     let mut event = steward_models::NewAuditEvent::new("user.login");
