@@ -20,8 +20,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{parse_json, ApiJson, ApiPath, Principal};
 use crate::kinds::{
-    ContextRequest, BUILD_CROSS_SESSION_CONTEXT, DEFAULT_MODEL, MAX_MODEL_BYTES,
-    MAX_QUESTION_BYTES, MAX_TOKEN_BUDGET,
+    ContextError, ContextRequest, ContextResult, BUILD_CROSS_SESSION_CONTEXT, DEFAULT_MODEL,
 };
 use crate::state::AppState;
 use crate::times::{json_times, parse_rfc3339};
@@ -495,38 +494,11 @@ pub(crate) struct AdvicePending {
     pub(crate) state: String,
 }
 
-fn check_advice(req: &AdviceRequest) -> ApiResult<String> {
-    if req.question.trim().is_empty() {
-        return Err(ApiError::invalid("question", "must not be blank"));
+fn context_error(e: ContextError) -> ApiError {
+    match e {
+        ContextError::Invalid { field, message } => ApiError::invalid(field, message),
+        other => ApiError::invalid("question", other.to_string()),
     }
-    if req.question.len() > MAX_QUESTION_BYTES {
-        return Err(ApiError::invalid(
-            "question",
-            format!("at most {MAX_QUESTION_BYTES} bytes"),
-        ));
-    }
-    if !(1..=MAX_TOKEN_BUDGET).contains(&req.token_budget) {
-        return Err(ApiError::invalid(
-            "token_budget",
-            format!("must be 1 to {MAX_TOKEN_BUDGET}"),
-        ));
-    }
-    let model = req
-        .model
-        .clone()
-        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    let ok = !model.is_empty()
-        && model.len() <= MAX_MODEL_BYTES
-        && model
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b));
-    if !ok {
-        return Err(ApiError::invalid(
-            "model",
-            format!("1 to {MAX_MODEL_BYTES} bytes of A-Z a-z 0-9 . _ : / @ -"),
-        ));
-    }
-    Ok(model)
 }
 
 /// Cross-session context for an agent: enqueues `build_cross_session_context` and waits up to
@@ -534,7 +506,7 @@ fn check_advice(req: &AdviceRequest) -> ApiResult<String> {
 /// job to poll.
 #[utoipa::path(post, path = "/v1/sessions/{id}/advice", tag = "sessions", params(SessionPath),
     request_body = AdviceRequest,
-    responses((status = 200, description = "the context (ContextResult)", body = Object),
+    responses((status = 200, description = "the context", body = ContextResult),
         (status = 202, description = "still computing; poll the Location", body = AdvicePending),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 502, description = "the job failed", body = ErrorBody)),
@@ -547,17 +519,22 @@ pub(crate) async fn advice(
 ) -> ApiResult<Response> {
     let user = p.require_user()?;
     let s = visible_session(&state, &p, path.id).await?;
-    let model = check_advice(&req)?;
     let args = ContextRequest {
         tenant: p.tenant,
         user_id: user,
         session_id: s.id,
         question: req.question,
         token_budget: req.token_budget,
-        model,
+        model: req.model.unwrap_or_else(|| DEFAULT_MODEL.to_string()),
     };
-    let args =
-        serde_json::to_value(&args).map_err(|e| ApiError::invalid("question", e.to_string()))?;
+    args.validate().map_err(context_error)?;
+    let args = serde_json::to_value(&args).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot encode the advice request: {e}"),
+        )
+    })?;
     let queue = state.queue();
     let e = queue
         .enqueue(
