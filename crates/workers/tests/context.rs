@@ -649,3 +649,54 @@ async fn structured_summary_items_are_cited_and_a_newer_decision_replaces_the_ol
     // The rendered text of a structured summary is not used: its items are.
     assert!(!r.context.contains("rendered"));
 }
+
+#[tokio::test]
+async fn an_item_too_big_for_the_budget_is_skipped_whole_and_a_smaller_one_still_fits() {
+    let m = models(11).await;
+    let t = tenant(&m, "b").await;
+    let alice = user(&m, t, "alice@b.test").await;
+    let s = session(&m, t, alice, Visibility::Private).await;
+    let long = format!(
+        "The deploy pipeline runs canary checks: {}",
+        "latency, error rate, saturation; ".repeat(80)
+    );
+    remember(
+        &m,
+        t,
+        s.id,
+        &[
+            ("decision:deploy-pipeline", long.as_str(), 9),
+            (
+                "lesson:deploy-pipeline-rollback",
+                "Roll the deploy pipeline back with one command.",
+                2,
+            ),
+        ],
+    )
+    .await;
+    let r = build_context(&m, &req(t, alice, s.id, "deploy pipeline", 120), NOW)
+        .await
+        .expect("context");
+    assert!(r.tokens_used <= 120);
+    assert_eq!(r.included.len(), 1, "{r:?}");
+    assert!(r.included[0]
+        .item_id
+        .ends_with("lesson:deploy-pipeline-rollback"));
+    let big = r
+        .excluded
+        .iter()
+        .find(|e| e.item_id.ends_with("decision:deploy-pipeline"))
+        .expect("big item listed");
+    assert_eq!(big.reason, Reason::OverBudget);
+    assert!(
+        !r.context.contains("canary"),
+        "never a partial item: {}",
+        r.context
+    );
+    // With room for both, both are in, whole.
+    let r = build_context(&m, &req(t, alice, s.id, "deploy pipeline", 2000), NOW)
+        .await
+        .expect("context");
+    assert_eq!(r.included.len(), 2);
+    assert!(r.context.contains(long.trim()));
+}

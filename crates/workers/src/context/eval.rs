@@ -1,4 +1,4 @@
-//! The evaluation of [`build_context`](super::build_context): synthetic session trees with
+//! The evaluation of [`build_context`]: synthetic session trees with
 //! known facts, run through the real entry point over a real store.
 //!
 //! The world (made with a seeded RNG, so a seed gives the same world and the same numbers):
