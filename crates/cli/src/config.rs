@@ -1,14 +1,20 @@
 //! Configuration of the `steward` binary (CONVENTIONS.md): a TOML file from `--config` /
-//! `STEWARD_CONFIG`, overridden by `STEWARD_*` variables, overridden by flags. Precedence:
-//! flag > environment > file > default. Validated at start-up; an error names the setting.
+//! `STEWARD_CONFIG`, overridden by `STEWARD_<SECTION>__<KEY>` variables, overridden by flags.
+//! Precedence: flag > environment > file > default. Validated at start-up; an error names the
+//! setting.
 //!
-//! Today the only setting is `store` (`--store`, `STEWARD_STORE`, `store = "..."`); later
-//! commands add one section per component.
+//! The file has a top-level `store` and one table per component: `[worker]`, `[api]`,
+//! `[auth]`, `[models]`, `[llm]`. A variable such as `STEWARD_WORKER__SCHEDULES__PRUNE_JOBS`
+//! sets `worker.schedules.prune_jobs`; its value is read as a TOML value when it is one
+//! (`8`, `true`, `1.5`, `["a"]`) and as a string otherwise.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use steward_store::{StoreUrl, DEFAULT_STORE_URL};
+
+/// The config file's top-level keys. Unknown keys are refused, so a typo is reported.
+pub(crate) const SECTIONS: &[&str] = &["worker", "api", "auth", "models", "llm"];
 
 /// A configuration error: bad usage, reported with exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +27,7 @@ pub(crate) enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The config file is not valid TOML or has an unknown key or a wrong type.
+    /// The config file is not valid TOML or has an unknown key.
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// The store setting is not a valid store URL.
@@ -31,6 +37,18 @@ pub(crate) enum ConfigError {
         #[source]
         source: steward_store::Error,
     },
+    /// A setting has a wrong type, an unknown name, or is out of bounds.
+    #[error("setting `{setting}`: {message}")]
+    Setting { setting: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn setting(setting: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        ConfigError::Setting {
+            setting: setting.into(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Where a setting's value came from.
@@ -54,20 +72,15 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// The config file's keys. Unknown keys are refused, so a typo is reported, not ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    store: Option<String>,
-}
-
-/// The resolved, validated settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The resolved settings: the store, and the component tables (file overlaid with the
+/// environment), read per component with [`Settings::section`].
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
     /// The store URL, as configured (validated: it parses).
     pub(crate) store: String,
     /// Where it came from.
     pub(crate) store_origin: Origin,
+    tables: toml::Table,
 }
 
 impl Settings {
@@ -76,25 +89,73 @@ impl Settings {
     pub(crate) fn store_is_explicit(&self) -> bool {
         self.store_origin != Origin::Default
     }
+
+    /// The `[name]` section as `T` (its defaults for what is not set).
+    ///
+    /// # Errors
+    /// [`ConfigError::Setting`] naming the section and the offending key.
+    pub(crate) fn section<T: DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        match self.tables.get(name) {
+            None => Ok(T::default()),
+            Some(value) => value
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::setting(name, e.message().trim_end())),
+        }
+    }
 }
 
-/// Resolves the settings from the flag-or-environment value clap gathered and the config file.
+/// Resolves the settings from the flag-or-environment store value clap gathered, the config
+/// file, and the process environment.
 ///
 /// # Errors
-/// [`ConfigError`] if the file cannot be read or parsed, or the store URL is invalid (its message
-/// names the accepted forms).
+/// [`ConfigError`] if the file cannot be read or parsed, a section or key is unknown, or the
+/// store URL is invalid (its message names the accepted forms).
 pub(crate) fn resolve(
     store_flag_or_env: Option<&str>,
     config_file: Option<&Path>,
 ) -> Result<Settings, ConfigError> {
-    let file = match config_file {
-        Some(path) => Some((path, read_file(path)?)),
-        None => None,
+    resolve_with_env(store_flag_or_env, config_file, std::env::vars())
+}
+
+pub(crate) fn resolve_with_env(
+    store_flag_or_env: Option<&str>,
+    config_file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let mut tables = match config_file {
+        Some(path) => read_file(path)?,
+        None => toml::Table::new(),
     };
+    let file_store = match tables.remove("store") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s),
+        Some(other) => {
+            return Err(ConfigError::setting(
+                "store",
+                format!("must be a string, not {}", other.type_str()),
+            ))
+        }
+    };
+    if let Some(path) = config_file {
+        if let Some(unknown) = tables.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "unknown key `{unknown}` (expected `store` or one of the sections {})",
+                    SECTIONS.join(", ")
+                ),
+            });
+        }
+    }
+    overlay_env(&mut tables, env)?;
     let (store, store_origin) = if let Some(s) = store_flag_or_env {
         (s.to_string(), Origin::FlagOrEnv)
-    } else if let Some((path, FileConfig { store: Some(s) })) = &file {
-        (s.clone(), Origin::File(path.to_path_buf()))
+    } else if let (Some(s), Some(path)) = (file_store, config_file) {
+        (s, Origin::File(path.to_path_buf()))
     } else {
         (DEFAULT_STORE_URL.to_string(), Origin::Default)
     };
@@ -107,15 +168,76 @@ pub(crate) fn resolve(
     Ok(Settings {
         store,
         store_origin,
+        tables,
     })
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// Sets `section.key[.key...]` from each `STEWARD_SECTION__KEY[__KEY...]` variable.
+fn overlay_env(
+    tables: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("STEWARD_") && k.contains("__"))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name["STEWARD_".len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::setting(name, "empty key between `__`"));
+        }
+        if !SECTIONS.contains(&path[0].as_str()) {
+            return Err(ConfigError::setting(
+                name,
+                format!(
+                    "unknown section `{}` (one of {})",
+                    path[0],
+                    SECTIONS.join(", ")
+                ),
+            ));
+        }
+        let value = parse_env_value(&raw);
+        let mut table = &mut *tables;
+        for key in &path[..path.len() - 1] {
+            let entry = table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::setting(
+                        name,
+                        format!("`{key}` is not a table in the config file"),
+                    ))
+                }
+            };
+        }
+        table.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+/// A TOML value if the text is one (`8`, `true`, `[1, 2]`), else the text as a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
     })
@@ -133,7 +255,7 @@ mod tests {
 
     #[test]
     fn defaults_to_the_embedded_store() {
-        let s = resolve(None, None).unwrap();
+        let s = resolve_with_env(None, None, vec![]).unwrap();
         assert_eq!(s.store, DEFAULT_STORE_URL);
         assert!(!s.store_is_explicit());
     }
@@ -163,6 +285,40 @@ mod tests {
         let f = config_file("store = \"postgres://x\"\n");
         let e = resolve(None, Some(f.path())).unwrap_err().to_string();
         assert!(e.contains("config file") && e.contains("memory:"), "{e}");
+    }
+
+    #[test]
+    fn sections_come_from_the_file_and_the_environment_wins() {
+        let f = config_file("[worker]\nconcurrency = 3\nlease_secs = 20\n");
+        let env = vec![
+            ("STEWARD_WORKER__CONCURRENCY".to_string(), "12".to_string()),
+            (
+                "STEWARD_WORKER__SCHEDULES__PRUNE_JOBS".to_string(),
+                "off".to_string(),
+            ),
+            ("STEWARD_STORE".to_string(), "ignored-here".to_string()),
+        ];
+        let s = resolve_with_env(None, Some(f.path()), env).unwrap();
+        let w: steward_workers::WorkerConfig = s.section("worker").unwrap();
+        assert_eq!((w.concurrency, w.lease_secs), (12, 20));
+        assert_eq!(w.schedules.prune_jobs, "off");
+    }
+
+    #[test]
+    fn a_wrong_type_or_unknown_key_names_the_setting() {
+        let env = vec![("STEWARD_WORKER__CONCURENCY".to_string(), "4".to_string())];
+        let s = resolve_with_env(None, None, env).unwrap();
+        let e = s
+            .section::<steward_workers::WorkerConfig>("worker")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker") && e.contains("concurency"), "{e}");
+        let env = vec![("STEWARD_WORKR__X".to_string(), "4".to_string())];
+        let e = resolve_with_env(None, None, env).unwrap_err().to_string();
+        assert!(
+            e.contains("STEWARD_WORKR__X") && e.contains("unknown section"),
+            "{e}"
+        );
     }
 
     #[test]

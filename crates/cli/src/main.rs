@@ -1,30 +1,55 @@
 //! # `steward`: the command of the Steward job system
 //!
-//! Wires configuration, the store, and (in later issues) the API and the workers together.
-//! Today it has the benchmarks: `steward bench store` (the storage ceiling) and `steward bench
-//! queue` (the queue's throughput beside that ceiling, and fairness between tenants).
+//! Wires configuration, the store, the records, the queue, the API and the workers together.
+//!
+//! - `steward dev`: API, workers and scheduler in one process on the embedded store, with a
+//!   development key and tenant, printing the URL and a ready-to-use token (`--demo` loads
+//!   related sessions so summaries and advice work at once);
+//! - `steward api`, `steward worker`, `steward scheduler`: the production roles;
+//! - `steward token`: mint a development token with the dev key;
+//! - `steward tenant|user|jobs|cron|audit ...`: operator commands, HTTP clients of a running
+//!   server (`--url`/`STEWARD_URL`, `--token`/`STEWARD_TOKEN`); `steward audit verify --direct`
+//!   reads a store directly;
+//! - `steward bench store|queue`: the benchmarks.
 //!
 //! # Layout
 //! - `main.rs`: the command line (clap), logging, the runtime, exit codes;
 //! - [`config`]: settings from flag > environment > config file > default;
-//! - [`bench`]: the storage benchmark, generic over any store;
-//! - [`bench_queue`]: the queue benchmark, generic over any store.
+//! - [`keys`]: secrets from files (production) or generated into the data directory (dev);
+//! - [`serve`]: the long-running roles and the shutdown signal;
+//! - [`demo`]: the development tenant and the demo sessions;
+//! - [`client`]: the HTTP operator commands;
+//! - [`bench`], [`bench_queue`]: the benchmarks, generic over any store.
 //!
 //! Exit codes: 0 success; 1 a failure at run time; 2 bad usage or configuration (clap's own
-//! errors, an invalid config file or store URL, a backend missing from this build).
+//! errors, an invalid config file, setting or store URL, a backend missing from this build, an
+//! HTTP 4xx answer to an operator command).
 
 mod bench;
 mod bench_queue;
+mod client;
 mod config;
+mod demo;
+mod keys;
+mod serve;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use steward_api::auth::{mint_token, Claims, KeySet, SigningKey};
+use steward_api::{ApiConfig, AppState};
+use steward_models::Models;
 use steward_store::{Database, StoreUrl};
+use steward_workers::metrics::Readiness;
+use steward_workers::WorkerConfig;
 
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
+use crate::keys::{AuthSection, ModelsSection};
+use crate::serve::{Core, Shutdown};
 
 /// Steward, the background job system of a multi-tenant AI IDE.
 #[derive(Debug, Parser)]
@@ -35,19 +60,138 @@ struct Cli {
     #[arg(long, env = "STEWARD_STORE", global = true, value_name = "URL")]
     store: Option<String>,
 
-    /// TOML configuration file (keys: `store`)
+    /// TOML configuration file (`store`, and the sections [worker], [api], [auth], [models],
+    /// [llm]; every key also as STEWARD_<SECTION>__<KEY>)
     #[arg(long, env = "STEWARD_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Log format on stderr (`STEWARD_LOG` filters, e.g. `info,steward_workers=debug`)
+    #[arg(
+        long,
+        env = "STEWARD_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// API, workers and scheduler in one process on the embedded store (development)
+    Dev(DevArgs),
+    /// The HTTP API (production role)
+    Api(ApiArgs),
+    /// A worker: runs jobs, and the cron scheduler unless --no-scheduler (production role)
+    Worker(WorkerArgs),
+    /// The cron scheduler alone (workers run it too; safe at any replica count)
+    Scheduler(SchedulerArgs),
+    /// Mint a development access token with the dev key (prints only the token)
+    Token(TokenArgs),
+    /// Tenants (operator; over HTTP)
+    #[command(subcommand)]
+    Tenant(client::TenantCmd),
+    /// Users of a tenant (operator; over HTTP)
+    #[command(subcommand)]
+    User(client::UserCmd),
+    /// Jobs of the token's tenant (over HTTP)
+    #[command(subcommand)]
+    Jobs(client::JobsCmd),
+    /// Cron schedules of the token's tenant (over HTTP)
+    #[command(subcommand)]
+    Cron(client::CronCmd),
+    /// The tamper-evident audit log
+    #[command(subcommand)]
+    Audit(client::AuditCmd),
     /// Benchmarks
     #[command(subcommand)]
     Bench(Bench),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Listen address of the API
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Load a demo tenant with related sessions and conversations
+    #[arg(long)]
+    demo: bool,
+    /// Jobs run at once
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// Listen address [default: 127.0.0.1:8080, or `api.listen`]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Jobs run at once [default: 8, or `worker.concurrency`]
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// Do not run the cron scheduler in this worker
+    #[arg(long)]
+    no_scheduler: bool,
+    /// Where /metrics, /healthz and /readyz are served [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SchedulerArgs {
+    /// Where /metrics, /healthz and /readyz are served [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The tenant (`tid`)
+    #[arg(long, value_name = "UUID")]
+    tenant: uuid::Uuid,
+    /// The user (`sub`) [default: "steward-cli"]
+    #[arg(long, value_name = "UUID")]
+    user: Option<uuid::Uuid>,
+    /// A role (repeatable): owner, admin, member, agent, operator
+    #[arg(long = "role", value_name = "ROLE", default_values_t = vec!["admin".to_string()])]
+    roles: Vec<String>,
+    /// Lifetime, e.g. 30m, 1h, 7d
+    #[arg(long, value_name = "TTL", default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// The signing key (PKCS#8 PEM) [default: the dev key in the store's data directory]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and a unit, e.g. 30m, 1h, 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" | "" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("`{s}`: the unit is one of s, m, h, d")),
+    };
+    if secs == 0 || secs > 366 * 86_400 {
+        return Err(format!("`{s}`: must be more than 0 and at most 366d"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,27 +270,41 @@ enum Failure {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
     Store(#[from] steward_store::Error),
     #[error("{0}")]
     Queue(#[from] steward_queue::Error),
+    #[error("{0}")]
+    Models(#[from] steward_models::Error),
+    #[error("{0}")]
+    Workers(#[from] steward_workers::Error),
+    #[error("{0}")]
+    Runtime(String),
+    /// An operator command's request was refused (4xx): exit code 2.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Failure {
     fn exit_code(&self) -> ExitCode {
         match self {
             Failure::Config(_)
+            | Failure::Usage(_)
+            | Failure::Refused(_)
+            | Failure::Workers(steward_workers::Error::Invalid { .. })
             | Failure::Store(
                 steward_store::Error::InvalidUrl { .. }
                 | steward_store::Error::BackendUnavailable { .. },
             ) => ExitCode::from(2),
-            Failure::Store(_) | Failure::Queue(_) => ExitCode::FAILURE,
+            _ => ExitCode::FAILURE,
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let settings = match config::resolve(cli.store.as_deref(), cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => return fail(&Failure::Config(e)),
@@ -158,7 +316,10 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Failure::Store(e.into())),
     };
-    match runtime.block_on(run(cli.command, &settings)) {
+    let result = runtime.block_on(run(cli.command, &settings));
+    // Do not wait for blocking tasks (e.g. a stdin reader) at exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -169,21 +330,381 @@ fn fail(e: &Failure) -> ExitCode {
     e.exit_code()
 }
 
-/// Logs go to stderr; `RUST_LOG` filters them (default: warnings and errors).
-fn init_logging() {
+/// Logs go to stderr; `STEWARD_LOG` (or `RUST_LOG`) filters them (default: info for Steward's
+/// crates, warnings for the rest).
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_env("STEWARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| {
+            EnvFilter::new("warn,steward=info,steward_workers=info,steward_api=info")
+        });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 async fn run(command: Command, settings: &Settings) -> Result<(), Failure> {
     match command {
+        Command::Dev(args) => dev(&args, settings).await,
+        Command::Api(args) => api(&args, settings).await,
+        Command::Worker(args) => worker(&args, settings).await,
+        Command::Scheduler(args) => scheduler(&args, settings).await,
+        Command::Token(args) => token(&args, settings),
+        Command::Tenant(cmd) => client::tenant(cmd).await,
+        Command::User(cmd) => client::user(cmd).await,
+        Command::Jobs(cmd) => client::jobs(cmd).await,
+        Command::Cron(cmd) => client::cron(cmd).await,
+        Command::Audit(cmd) => client::audit(cmd, settings).await,
         Command::Bench(Bench::Store(args)) => bench_store(&args, settings).await,
         Command::Bench(Bench::Queue(args)) => bench_queue(&args, settings).await,
     }
+}
+
+/// The worker settings: `[worker]` overridden by the flags, validated.
+fn worker_config(
+    settings: &Settings,
+    concurrency: Option<usize>,
+    metrics_addr: Option<String>,
+    no_scheduler: bool,
+) -> Result<WorkerConfig, Failure> {
+    let mut c: WorkerConfig = settings.section("worker")?;
+    if let Some(n) = concurrency {
+        c.concurrency = n;
+        if c.claim_batch > n {
+            c.claim_batch = 0;
+        }
+    }
+    if let Some(a) = metrics_addr {
+        c.metrics_addr = a;
+    }
+    if no_scheduler {
+        c.scheduler = false;
+    }
+    c.validate().map_err(|e| match e {
+        steward_workers::Error::Invalid { field, message } => {
+            Failure::Config(ConfigError::setting(field, message))
+        }
+        other => Failure::Workers(other),
+    })?;
+    Ok(c)
+}
+
+/// `[api]` in the config file (the API's own struct holds durations; these are seconds).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ApiSection {
+    listen: Option<SocketAddr>,
+    body_limit: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    rate_per_sec: Option<f64>,
+    rate_burst: Option<u32>,
+    advice_wait_secs: Option<u64>,
+    external_kinds: Option<Vec<String>>,
+    max_args_bytes: Option<usize>,
+}
+
+fn api_config(settings: &Settings, listen: Option<SocketAddr>) -> Result<ApiConfig, Failure> {
+    let s: ApiSection = settings.section("api")?;
+    let auth: AuthSection = settings.section("auth")?;
+    let mut c = ApiConfig::default();
+    if let Some(v) = listen.or(s.listen) {
+        c.listen = v;
+    }
+    if let Some(v) = s.body_limit {
+        c.body_limit = v;
+    }
+    if let Some(v) = s.request_timeout_secs {
+        c.request_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = s.rate_per_sec {
+        c.tenant_rate.per_sec = v;
+    }
+    if let Some(v) = s.rate_burst {
+        c.tenant_rate.burst = v;
+    }
+    if let Some(v) = s.advice_wait_secs {
+        c.advice_wait = Duration::from_secs(v);
+    }
+    if let Some(v) = s.external_kinds {
+        c.external_kinds = v;
+    }
+    if let Some(v) = s.max_args_bytes {
+        c.max_args_bytes = v;
+    }
+    if let Some(v) = auth.issuer {
+        c.issuer = v;
+    }
+    if let Some(v) = auth.audience {
+        c.audience = v;
+    }
+    if let Some(v) = auth.access_ttl_secs {
+        c.access_ttl = Duration::from_secs(v);
+    }
+    if let Some(v) = auth.leeway_secs {
+        c.leeway = Duration::from_secs(v);
+    }
+    c.validate().map_err(|e| {
+        Failure::Config(ConfigError::setting(
+            format!("api.{}", e.field.trim_start_matches("api.")),
+            e.message,
+        ))
+    })?;
+    Ok(c)
+}
+
+fn open_store(settings: &Settings) -> Result<Database, Failure> {
+    Database::open(&settings.store).map_err(|e| match e {
+        steward_store::Error::InvalidUrl { .. }
+        | steward_store::Error::BackendUnavailable { .. } => Failure::Store(e),
+        other => Failure::Runtime(format!("cannot open the store {}: {other}", settings.store)),
+    })
+}
+
+/// The production keys and an opened core (store, records, queue).
+async fn production_core(
+    settings: &Settings,
+    need_jwt: bool,
+) -> Result<(Core, keys::Keys), Failure> {
+    let auth: AuthSection = settings.section("auth")?;
+    let models_section: ModelsSection = settings.section("models")?;
+    let mut keys = keys::from_files(&auth, &models_section, need_jwt)?;
+    let db = open_store(settings)?;
+    let models = Models::open(db.clone(), keys.models.clone()).await?;
+    keys.models = models.config().clone();
+    let queue = serve::open_queue(&db)?;
+    Ok((
+        Core {
+            db,
+            models: Arc::new(models),
+            queue,
+        },
+        keys,
+    ))
+}
+
+async fn worker(args: &WorkerArgs, settings: &Settings) -> Result<(), Failure> {
+    let config = worker_config(
+        settings,
+        args.concurrency,
+        args.metrics_addr.clone(),
+        args.no_scheduler,
+    )?;
+    let (core, _keys) = production_core(settings, false).await?;
+    let shutdown = Shutdown::on_signals();
+    let registry = serve::registry(&core, settings)?;
+    steward_workers::metrics::prometheus();
+    let stats = serve::run_worker(
+        &core,
+        config,
+        registry,
+        Readiness::default(),
+        &shutdown,
+        true,
+    )
+    .await?;
+    eprintln!("steward worker: stopped after {} attempts", stats.total());
+    Ok(())
+}
+
+async fn scheduler(args: &SchedulerArgs, settings: &Settings) -> Result<(), Failure> {
+    let config = worker_config(settings, None, args.metrics_addr.clone(), false)?;
+    let (core, _keys) = production_core(settings, false).await?;
+    let shutdown = Shutdown::on_signals();
+    serve::run_scheduler_only(&core, &config, &shutdown).await
+}
+
+async fn api(args: &ApiArgs, settings: &Settings) -> Result<(), Failure> {
+    let config = api_config(settings, args.listen)?;
+    let (core, keys) = production_core(settings, true).await?;
+    let shutdown = Shutdown::on_signals();
+    let listen = config.listen;
+    let state = app_state(&core, keys.jwt_verify, keys.jwt_signing, config)?;
+    let listener = bind(listen).await?;
+    eprintln!("steward api: listening on http://{listen}");
+    steward_api::serve(listener, steward_api::router(state), shutdown.wait())
+        .await
+        .map_err(|e| Failure::Runtime(format!("API listener: {e}")))
+}
+
+fn app_state(
+    core: &Core,
+    verify: KeySet,
+    signing: Option<SigningKey>,
+    config: ApiConfig,
+) -> Result<AppState, Failure> {
+    let state = AppState::new(
+        core.queue.clone(),
+        (*core.models).clone(),
+        verify,
+        config,
+        core.db.clock().clone(),
+    )
+    .map_err(|e| Failure::Config(ConfigError::setting(e.field, e.message)))?
+    .with_metrics(steward_workers::metrics::prometheus().clone());
+    Ok(match signing {
+        Some(k) => state.with_signing_key(k),
+        None => state,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))
+}
+
+/// The data directory of an embedded store URL.
+fn data_dir(settings: &Settings) -> Option<PathBuf> {
+    match settings.store.parse::<StoreUrl>() {
+        Ok(StoreUrl::Embedded(path)) => Some(path),
+        _ => None,
+    }
+}
+
+async fn dev(args: &DevArgs, settings: &Settings) -> Result<(), Failure> {
+    let worker_cfg = worker_config(settings, args.concurrency, Some(String::new()), false)?;
+    let mut api_cfg = api_config(settings, Some(args.listen))?;
+    // The development kind `dev.sleep` may be enqueued over HTTP.
+    if !api_cfg.external_kinds.iter().any(|k| k == serve::DEV_SLEEP) {
+        api_cfg.external_kinds.push(serve::DEV_SLEEP.to_string());
+    }
+    let db = open_store(settings)?;
+    // The keys live beside the embedded store; on memory: in a directory for this process.
+    let temp_keys;
+    let dir = data_dir(settings);
+    let keys_dir = match &dir {
+        Some(d) => d.join("keys"),
+        None => {
+            temp_keys = tempfile::tempdir().map_err(|e| Failure::Runtime(e.to_string()))?;
+            temp_keys.path().to_path_buf()
+        }
+    };
+    let keys = keys::development(&keys_dir).map_err(Failure::Runtime)?;
+    let models = Models::open(db.clone(), keys.models.clone()).await?;
+    let queue = serve::open_queue(&db)?;
+    let core = Core {
+        db,
+        models: Arc::new(models),
+        queue,
+    };
+    let mut identity = demo::ensure_dev_tenant(&core.models, &core.queue, dir.as_deref()).await?;
+    if args.demo {
+        demo::load_demo(&core.models, &core.queue, dir.as_deref(), &mut identity).await?;
+    }
+    let signing = keys
+        .jwt_signing
+        .clone()
+        .ok_or_else(|| Failure::Runtime("no development signing key".into()))?;
+    let token = mint(
+        &signing,
+        &api_cfg,
+        identity.user.to_string(),
+        identity.tenant,
+        vec!["owner".into(), "admin".into()],
+        Duration::from_secs(24 * 3600),
+    )?;
+    let listener = bind(args.listen).await?;
+    let shutdown = Shutdown::on_signals();
+    let readiness = Readiness::default();
+    let state = app_state(&core, keys.jwt_verify, keys.jwt_signing, api_cfg)?;
+    let api_task = tokio::spawn(steward_api::serve(
+        listener,
+        steward_api::router(state),
+        shutdown.wait(),
+    ));
+    let url = format!("http://{}", args.listen);
+    println!("Steward is running at {url} (store {})", settings.store);
+    println!("Tenant: {}", identity.tenant);
+    if !identity.demo_sessions.is_empty() {
+        let ids: Vec<String> = identity
+            .demo_sessions
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!("Demo sessions: {}", ids.join(" "));
+    }
+    println!("Development token (24 h):\n{token}");
+    println!("Try: curl -H \"Authorization: Bearer $TOKEN\" {url}/v1/queue/stats   (Ctrl-C stops)");
+    let mut registry = serve::registry(&core, settings)?;
+    registry.register(serve::DevSleep)?;
+    let stats = serve::run_worker(&core, worker_cfg, registry, readiness, &shutdown, false).await?;
+    match api_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Failure::Runtime(format!("API listener: {e}"))),
+        Err(e) => return Err(Failure::Runtime(format!("API task: {e}"))),
+    }
+    eprintln!("steward dev: stopped after {} job attempts", stats.total());
+    Ok(())
+}
+
+fn mint(
+    key: &SigningKey,
+    config: &ApiConfig,
+    sub: String,
+    tenant: uuid::Uuid,
+    roles: Vec<String>,
+    ttl: Duration,
+) -> Result<String, Failure> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims::new(
+        &config.issuer,
+        &config.audience,
+        sub,
+        tenant,
+        roles,
+        now,
+        ttl,
+    );
+    mint_token(key, &claims).map_err(|e| Failure::Runtime(format!("cannot sign the token: {e}")))
+}
+
+fn token(args: &TokenArgs, settings: &Settings) -> Result<(), Failure> {
+    const ROLES: &[&str] = &["owner", "admin", "member", "agent", "operator"];
+    if let Some(bad) = args.roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+        return Err(Failure::Usage(format!(
+            "--role {bad}: one of {}",
+            ROLES.join(", ")
+        )));
+    }
+    let key = match &args.key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("--key {}: {e}", path.display())))?;
+            SigningKey::from_pem(&pem)
+                .map_err(|e| Failure::Usage(format!("--key {}: {e}", path.display())))?
+        }
+        None => {
+            let dir = data_dir(settings).ok_or_else(|| {
+                Failure::Usage(
+                    "without --key the dev key is read from the embedded store's directory; \
+                     this store is not embedded"
+                        .into(),
+                )
+            })?;
+            keys::existing_dev_signing_key(&dir.join("keys")).map_err(Failure::Usage)?
+        }
+    };
+    let config = api_config(settings, None)?;
+    let sub = args
+        .user
+        .map_or_else(|| "steward-cli".to_string(), |u| u.to_string());
+    println!(
+        "{}",
+        mint(
+            &key,
+            &config,
+            sub,
+            args.tenant,
+            args.roles.clone(),
+            args.ttl
+        )?
+    );
+    Ok(())
 }
 
 async fn bench_queue(args: &BenchQueueArgs, settings: &Settings) -> Result<(), Failure> {

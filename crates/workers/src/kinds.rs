@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `summarize_session` | [`SummarizeSessionArgs`] | the summarizer's outcome |
 //! | `build_cross_session_context` | the context request | the context result |
-//! | `expire_auth_tokens` | [`TenantMaintenanceArgs`] | counts |
-//! | `compact_audit_log` | [`TenantMaintenanceArgs`] | counts |
+//! | `expire_auth_tokens` | [`TenantMaintenanceArgs`] | [`ExpireAuthTokensResult`] |
+//! | `compact_audit_log` | [`TenantMaintenanceArgs`] | [`CompactAuditLogResult`] |
 //! | `summarize_idle_sessions` | [`SummarizeIdleArgs`] | [`SummarizeIdleResult`] |
 //! | `prune_jobs` | [`TenantMaintenanceArgs`] | [`PruneJobsResult`] |
 //! | `steward.cron_fanout` | (the queue's) | [`FanOutResult`] |
@@ -87,6 +87,30 @@ pub struct PruneJobsResult {
     pub finished: usize,
     /// Dead jobs removed.
     pub dead: usize,
+}
+
+/// Result of [`EXPIRE_AUTH_TOKENS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireAuthTokensResult {
+    /// Families looked at.
+    pub scanned: usize,
+    /// Families newly marked expired.
+    pub marked_expired: usize,
+    /// Expired or revoked families deleted after the retention tail.
+    pub deleted: usize,
+    /// The `auth.tokens_expired` audit event with these counts.
+    pub audit_event: Option<Uuid>,
+}
+
+/// Result of [`COMPACT_AUDIT_LOG`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactAuditLogResult {
+    /// Events sealed into the chain (before and after compacting).
+    pub sealed: usize,
+    /// Signed segments written.
+    pub segments: usize,
+    /// Events those segments replaced.
+    pub events_compacted: u64,
 }
 
 /// Result of [`CRON_FANOUT`].

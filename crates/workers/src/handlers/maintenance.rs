@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::{models_error, queue_error, Services};
 use crate::handler::{Handler, JobContext, JobError};
 use crate::kinds::{
-    self, FanOutResult, PruneJobsResult, SummarizeIdleArgs, SummarizeIdleResult,
-    SummarizeSessionArgs, TenantMaintenanceArgs,
+    self, CompactAuditLogResult, ExpireAuthTokensResult, FanOutResult, PruneJobsResult,
+    SummarizeIdleArgs, SummarizeIdleResult, SummarizeSessionArgs, TenantMaintenanceArgs,
 };
 
 /// Tenants read per page of the directory.
@@ -204,6 +204,123 @@ impl Handler for SummarizeIdleSessions {
                 None => break,
             }
         }
+        Ok(result)
+    }
+}
+
+/// Families handled per transaction by `expire_auth_tokens`.
+const EXPIRE_BATCH: usize = 500;
+/// Segments written per call of `compact_expired` (each call is bounded transactions).
+const COMPACT_SEGMENTS_PER_CALL: usize = 50;
+
+/// `expire_auth_tokens`: marks the tenant's refresh-token families past their absolute or idle
+/// expiry as expired, deletes expired and revoked ones past the retention tail (never the used
+/// tokens of an active family), and appends one audit event with the counts.
+#[derive(Debug)]
+pub struct ExpireAuthTokens {
+    s: Services,
+}
+
+impl ExpireAuthTokens {
+    /// Over `s`.
+    #[must_use]
+    pub fn new(s: Services) -> Self {
+        ExpireAuthTokens { s }
+    }
+}
+
+impl Handler for ExpireAuthTokens {
+    type Args = TenantMaintenanceArgs;
+    type Output = ExpireAuthTokensResult;
+
+    fn kind(&self) -> &'static str {
+        kinds::EXPIRE_AUTH_TOKENS
+    }
+
+    async fn run(
+        &self,
+        ctx: JobContext,
+        _: TenantMaintenanceArgs,
+    ) -> Result<ExpireAuthTokensResult, JobError> {
+        let stats = self
+            .s
+            .models
+            .auth()
+            .expire(ctx.tenant, EXPIRE_BATCH)
+            .await
+            .map_err(models_error)?;
+        Ok(ExpireAuthTokensResult {
+            scanned: stats.scanned,
+            marked_expired: stats.marked_expired,
+            deleted: stats.deleted,
+            audit_event: stats.audit_event,
+        })
+    }
+}
+
+/// `compact_audit_log`: seals pending events, replaces sealed events older than the tenant's
+/// retention by signed segments (RFC 6962 Merkle root, Ed25519), and seals the
+/// `audit.compacted` events this appended.
+#[derive(Debug)]
+pub struct CompactAuditLog {
+    s: Services,
+}
+
+impl CompactAuditLog {
+    /// Over `s`.
+    #[must_use]
+    pub fn new(s: Services) -> Self {
+        CompactAuditLog { s }
+    }
+}
+
+impl Handler for CompactAuditLog {
+    type Args = TenantMaintenanceArgs;
+    type Output = CompactAuditLogResult;
+
+    fn kind(&self) -> &'static str {
+        kinds::COMPACT_AUDIT_LOG
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(1800)
+    }
+
+    async fn run(
+        &self,
+        ctx: JobContext,
+        _: TenantMaintenanceArgs,
+    ) -> Result<CompactAuditLogResult, JobError> {
+        let audit = self.s.models.audit();
+        let mut result = CompactAuditLogResult {
+            sealed: audit
+                .seal_all(ctx.tenant)
+                .await
+                .map_err(models_error)?
+                .sealed,
+            ..CompactAuditLogResult::default()
+        };
+        loop {
+            if ctx.is_cancelled() {
+                return Err(JobError::Cancel {
+                    reason: "cancelled between segments".into(),
+                });
+            }
+            let run = audit
+                .compact_expired(ctx.tenant, COMPACT_SEGMENTS_PER_CALL)
+                .await
+                .map_err(models_error)?;
+            result.segments += run.segments.len();
+            result.events_compacted += run.events;
+            if !run.more {
+                break;
+            }
+        }
+        result.sealed += audit
+            .seal_all(ctx.tenant)
+            .await
+            .map_err(models_error)?
+            .sealed;
         Ok(result)
     }
 }

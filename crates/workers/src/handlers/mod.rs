@@ -12,8 +12,12 @@ use crate::error::Result;
 use crate::handler::{JobError, Registry};
 
 mod maintenance;
+mod sessions;
 
-pub use maintenance::{CronFanOut, PruneJobs, SummarizeIdleSessions};
+pub use maintenance::{
+    CompactAuditLog, CronFanOut, ExpireAuthTokens, PruneJobs, SummarizeIdleSessions,
+};
+pub use sessions::{BuildCrossSessionContext, SummarizeSession};
 
 /// What the built-in handlers work on.
 #[derive(Debug, Clone)]
@@ -22,6 +26,8 @@ pub struct Services {
     pub queue: Arc<Queue>,
     /// The records.
     pub models: Arc<Models>,
+    /// The LLM for summaries (`None`: extractive summaries only).
+    pub llm: Option<Arc<crate::llm::LlmClient>>,
 }
 
 /// A registry with every built-in kind.
@@ -32,7 +38,14 @@ pub fn builtin_registry(services: &Services) -> Result<Registry> {
     let mut r = Registry::new();
     r.register(CronFanOut::new(services.clone()))?
         .register(PruneJobs::new(services.clone()))?
-        .register(SummarizeIdleSessions::new(services.clone()))?;
+        .register(SummarizeIdleSessions::new(services.clone()))?
+        .register(SummarizeSession::new(
+            services.clone(),
+            services.llm.clone(),
+        ))?
+        .register(BuildCrossSessionContext::new(services.clone()))?
+        .register(ExpireAuthTokens::new(services.clone()))?
+        .register(CompactAuditLog::new(services.clone()))?;
     Ok(r)
 }
 

@@ -1,0 +1,266 @@
+//! The process's secrets: where they come from in production (files named by the `[auth]` and
+//! `[models]` settings, mounted from Kubernetes Secrets) and in development (generated once
+//! into `<data dir>/keys/` by `steward dev`, so tokens survive a restart).
+//!
+//! | setting | file | used for |
+//! |---|---|---|
+//! | `auth.jwt_signing_key_file` | Ed25519 private key, PKCS#8 PEM | signing access tokens (login, refresh) |
+//! | `auth.jwt_verify_keys_dir` | `<kid>.pem` public keys | verifying access tokens (two during a rotation) |
+//! | `models.refresh_token_key_file` | >= 32 random bytes | the HMAC of refresh tokens |
+//! | `models.audit_chain_key_file` | >= 32 random bytes | the HMAC chain of audit events |
+//! | `models.audit_signing_key_file` | Ed25519 private key, PKCS#8 PEM | signing compacted audit segments |
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use steward_api::auth::{KeySet, SigningKey};
+use steward_models::{ModelsConfig, SecretKey};
+
+use crate::config::ConfigError;
+
+/// Files under `<data dir>/keys/` in development.
+const DEV_JWT: &str = "jwt-signing-key.pem";
+const DEV_REFRESH: &str = "refresh-token-key";
+const DEV_CHAIN: &str = "audit-chain-key";
+const DEV_AUDIT_SIGNING: &str = "audit-signing-key.pem";
+/// The shortest secret accepted for an HMAC key.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// `[auth]`: token settings and key files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    /// Ed25519 private key (PKCS#8 PEM) for signing access tokens.
+    pub(crate) jwt_signing_key_file: Option<PathBuf>,
+    /// Directory of `<kid>.pem` public keys accepted when verifying.
+    pub(crate) jwt_verify_keys_dir: Option<PathBuf>,
+    /// `iss` of tokens.
+    pub(crate) issuer: Option<String>,
+    /// `aud` of tokens.
+    pub(crate) audience: Option<String>,
+    /// Lifetime of access tokens issued by login and refresh, in seconds.
+    pub(crate) access_ttl_secs: Option<u64>,
+    /// Clock skew allowed on `exp`, in seconds.
+    pub(crate) leeway_secs: Option<u64>,
+}
+
+/// `[models]`: the records' key files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ModelsSection {
+    /// HMAC key of refresh tokens (raw bytes, >= 32).
+    pub(crate) refresh_token_key_file: Option<PathBuf>,
+    /// HMAC key of the audit chain (raw bytes, >= 32).
+    pub(crate) audit_chain_key_file: Option<PathBuf>,
+    /// Ed25519 private key (PKCS#8 PEM) signing compacted audit segments.
+    pub(crate) audit_signing_key_file: Option<PathBuf>,
+}
+
+/// Every secret a process needs.
+pub(crate) struct Keys {
+    pub(crate) jwt_signing: Option<SigningKey>,
+    pub(crate) jwt_verify: KeySet,
+    pub(crate) models: ModelsConfig,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").finish_non_exhaustive()
+    }
+}
+
+fn read_secret(setting: &str, path: &Path) -> Result<SecretKey, ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::setting(setting, format!("{}: {e}", path.display())))?;
+    // A trailing newline from `echo`/editors is not part of the key.
+    let trimmed = bytes
+        .strip_suffix(b"\n")
+        .map(|b| b.strip_suffix(b"\r").unwrap_or(b))
+        .unwrap_or(&bytes);
+    if trimmed.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::setting(
+            setting,
+            format!(
+                "{}: {} bytes; at least {MIN_SECRET_BYTES} random bytes are needed",
+                path.display(),
+                trimmed.len()
+            ),
+        ));
+    }
+    Ok(SecretKey::new(trimmed.to_vec()))
+}
+
+fn read_text(setting: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::setting(setting, format!("{}: {e}", path.display())))
+}
+
+fn required<'a>(setting: &str, value: &'a Option<PathBuf>) -> Result<&'a Path, ConfigError> {
+    value.as_deref().ok_or_else(|| {
+        let env = format!(
+            "STEWARD_{}",
+            setting.to_ascii_uppercase().replacen('.', "__", 1)
+        );
+        ConfigError::setting(
+            setting,
+            format!("is required by this command (set it in the config file or {env})"),
+        )
+    })
+}
+
+/// The production keys, from files. `need_signing`: the API signs tokens at login/refresh.
+///
+/// # Errors
+/// [`ConfigError::Setting`] naming the missing or unreadable setting.
+pub(crate) fn from_files(
+    auth: &AuthSection,
+    models: &ModelsSection,
+    need_jwt: bool,
+) -> Result<Keys, ConfigError> {
+    let refresh = read_secret(
+        "models.refresh_token_key_file",
+        required(
+            "models.refresh_token_key_file",
+            &models.refresh_token_key_file,
+        )?,
+    )?;
+    let chain = read_secret(
+        "models.audit_chain_key_file",
+        required("models.audit_chain_key_file", &models.audit_chain_key_file)?,
+    )?;
+    let mut config = ModelsConfig::new(refresh, chain);
+    if let Some(path) = &models.audit_signing_key_file {
+        let key = steward_models::AuditSigningKey::from_file(path)
+            .map_err(|e| ConfigError::setting("models.audit_signing_key_file", e))?;
+        config.audit = config.audit.with_signing_key(key);
+    }
+    let (jwt_signing, jwt_verify) = if need_jwt {
+        let signing = match &auth.jwt_signing_key_file {
+            Some(path) => Some(
+                SigningKey::from_pem(&read_text("auth.jwt_signing_key_file", path)?)
+                    .map_err(|e| ConfigError::setting("auth.jwt_signing_key_file", e))?,
+            ),
+            None => None,
+        };
+        let verify = match (&auth.jwt_verify_keys_dir, &signing) {
+            (Some(dir), _) => KeySet::from_dir(dir)
+                .map_err(|e| ConfigError::setting("auth.jwt_verify_keys_dir", e))?,
+            (None, Some(key)) => KeySet::single(key),
+            (None, None) => {
+                return Err(ConfigError::setting(
+                    "auth.jwt_verify_keys_dir",
+                    "is required (or auth.jwt_signing_key_file, whose public key is then the \
+                     only one accepted)",
+                ))
+            }
+        };
+        (signing, verify)
+    } else {
+        (None, KeySet::new())
+    };
+    Ok(Keys {
+        jwt_signing,
+        jwt_verify,
+        models: config,
+    })
+}
+
+/// The development keys in `dir` (created on first use, 0600).
+///
+/// # Errors
+/// A message if the directory cannot be created or a key file is unreadable.
+pub(crate) fn development(dir: &Path) -> Result<Keys, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let jwt = dev_signing_key(dir)?;
+    let refresh = dev_secret(&dir.join(DEV_REFRESH))?;
+    let chain = dev_secret(&dir.join(DEV_CHAIN))?;
+    let audit_path = dir.join(DEV_AUDIT_SIGNING);
+    let audit_key = if audit_path.exists() {
+        steward_models::AuditSigningKey::from_file(&audit_path)
+            .map_err(|e| format!("{}: {e}", audit_path.display()))?
+    } else {
+        let key = steward_models::AuditSigningKey::generate()
+            .map_err(|e| format!("cannot generate the audit key: {e}"))?;
+        let pem = key
+            .to_pkcs8_pem()
+            .map_err(|e| format!("cannot encode the audit key: {e}"))?;
+        write_private(&audit_path, pem.as_bytes())?;
+        key
+    };
+    let mut models = ModelsConfig::new(refresh, chain);
+    models.audit = models.audit.with_signing_key(audit_key);
+    // Development: the fast password profile is not allowed to slip into production, but the
+    // production profile is fine here too; keep it (logins then cost what they will cost).
+    Ok(Keys {
+        jwt_verify: KeySet::single(&jwt),
+        jwt_signing: Some(jwt),
+        models,
+    })
+}
+
+/// The development token signing key in `dir`, if `steward dev` created one.
+///
+/// # Errors
+/// A message if it is missing or unreadable.
+pub(crate) fn dev_signing_key(dir: &Path) -> Result<SigningKey, String> {
+    let path = dir.join(DEV_JWT);
+    if path.exists() {
+        let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let key = SigningKey::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+    let pem = key
+        .to_pem()
+        .map_err(|e| format!("cannot encode the key: {e}"))?;
+    write_private(&path, pem.as_bytes())?;
+    Ok(key)
+}
+
+/// An existing development signing key (for `steward token`), never creating one.
+///
+/// # Errors
+/// A message naming the file if it is missing or unreadable.
+pub(crate) fn existing_dev_signing_key(dir: &Path) -> Result<SigningKey, String> {
+    let path = dir.join(DEV_JWT);
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "no development key at {} ({e}); run `steward dev` first, or pass --key",
+            path.display()
+        )
+    })?;
+    SigningKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn dev_secret(path: &Path) -> Result<SecretKey, String> {
+    if path.exists() {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() >= MIN_SECRET_BYTES {
+            return Ok(SecretKey::new(bytes));
+        }
+        return Err(format!(
+            "{}: shorter than {MIN_SECRET_BYTES} bytes",
+            path.display()
+        ));
+    }
+    let mut bytes = vec![0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    write_private(path, &bytes)?;
+    Ok(SecretKey::new(bytes))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,239 @@
+//! The long-running roles: `steward worker`, `steward scheduler` (and the worker half of
+//! `steward dev`). Opens the store, the records and the queue, builds the registry of built-in
+//! kinds, and runs until SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steward_models::Models;
+use steward_queue::{Queue, QueueConfig};
+use steward_store::Database;
+use steward_workers::handlers::{builtin_registry, Services};
+use steward_workers::metrics::{run_depth_reporter, serve_probes, Readiness};
+use steward_workers::scheduler::{install_default_schedules, run_scheduler};
+use steward_workers::{Worker, WorkerConfig};
+use tokio::sync::watch;
+
+use steward_workers::llm::{LlmClient, LlmConfig, Provider};
+
+use crate::config::{ConfigError, Settings};
+use crate::Failure;
+
+/// How often queue depth per tenant is exported, and for at most how many tenants.
+const DEPTH_EVERY: Duration = Duration::from_secs(15);
+const DEPTH_MAX_TENANTS: usize = 1000;
+
+/// A shutdown signal shared by every task of the process: SIGTERM or Ctrl-C flips it once.
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Listens for SIGTERM and Ctrl-C.
+    pub(crate) fn on_signals() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            // Ignored error: nobody listens any more, so nobody needs telling.
+            let _ = tx.send(true);
+        });
+        Shutdown { rx }
+    }
+
+    /// Resolves when shutdown was requested.
+    pub(crate) fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.rx.clone();
+        async move {
+            // An error means the signal task is gone: treat it as a shutdown.
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What the worker side of a process needs.
+pub(crate) struct Core {
+    pub(crate) db: Database,
+    pub(crate) models: Arc<Models>,
+    pub(crate) queue: Arc<Queue>,
+}
+
+impl Core {
+    pub(crate) fn services(&self, llm: Option<Arc<LlmClient>>) -> Services {
+        Services {
+            queue: self.queue.clone(),
+            models: self.models.clone(),
+            llm,
+        }
+    }
+}
+
+/// The LLM client of `[llm]` (`None` when `provider` is `none`: extractive summaries only).
+pub(crate) fn llm_client(settings: &Settings) -> Result<Option<Arc<LlmClient>>, Failure> {
+    let config: LlmConfig = settings.section("llm")?;
+    if config.provider == Provider::None {
+        return Ok(None);
+    }
+    let setting = |e: steward_workers::llm::LlmError| match e {
+        steward_workers::llm::LlmError::Config { field, message } => {
+            Failure::Config(ConfigError::setting(format!("llm.{field}"), message))
+        }
+        other => Failure::Runtime(format!("LLM client: {other}")),
+    };
+    let http = steward_workers::llm::http_client(&config).map_err(setting)?;
+    let client = LlmClient::new(config, http).map_err(setting)?;
+    Ok(Some(Arc::new(client)))
+}
+
+/// Opens the queue over `db` (the records are opened by the caller, with their keys).
+pub(crate) fn open_queue(db: &Database) -> Result<Arc<Queue>, Failure> {
+    Ok(Arc::new(Queue::new(db.clone(), QueueConfig::default())?))
+}
+
+/// Runs the worker (and, unless turned off, the scheduler and the depth reporter) until
+/// `shutdown`; serves the probes on `config.metrics_addr` unless it is empty or `probes` is
+/// false (`steward dev` serves them on the API's listener).
+pub(crate) async fn run_worker(
+    core: &Core,
+    config: WorkerConfig,
+    registry: steward_workers::Registry,
+    readiness: Readiness,
+    shutdown: &Shutdown,
+    probes: bool,
+) -> Result<steward_workers::WorkerStats, Failure> {
+    let scheduler = config.scheduler;
+    if scheduler {
+        install_default_schedules(&core.queue, &config.schedules).await?;
+    }
+    let metrics_addr = config.metrics_addr.clone();
+    let worker = Worker::new(core.queue.clone(), Arc::new(registry), config)?
+        .with_readiness(readiness.clone());
+    let mut background = tokio::task::JoinSet::new();
+    if probes && !metrics_addr.is_empty() {
+        // Bind before starting work, so a taken port is an error at start-up.
+        let listener = tokio::net::TcpListener::bind(&metrics_addr)
+            .await
+            .map_err(|e| Failure::Usage(format!("--metrics-addr {metrics_addr}: {e}")))?;
+        let router = steward_workers::metrics::probe_router(core.db.clone(), readiness.clone());
+        let stop = shutdown.wait();
+        background.spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+        eprintln!("steward: metrics, /healthz and /readyz on http://{metrics_addr}");
+    }
+    if scheduler {
+        background.spawn(run_scheduler(core.queue.clone(), shutdown.wait()));
+    }
+    background.spawn(run_depth_reporter(
+        core.queue.clone(),
+        core.models.clone(),
+        DEPTH_EVERY,
+        DEPTH_MAX_TENANTS,
+        shutdown.wait(),
+    ));
+    let stats = worker.run(shutdown.wait()).await?;
+    // The background loops stop on the same signal.
+    while background.join_next().await.is_some() {}
+    Ok(stats)
+}
+
+/// `steward scheduler`: the cron loop only (and its probes).
+pub(crate) async fn run_scheduler_only(
+    core: &Core,
+    config: &WorkerConfig,
+    shutdown: &Shutdown,
+) -> Result<(), Failure> {
+    install_default_schedules(&core.queue, &config.schedules).await?;
+    let readiness = Readiness::default();
+    let probes = if config.metrics_addr.is_empty() {
+        None
+    } else {
+        let addr = config.metrics_addr.clone();
+        let (db, r, stop) = (core.db.clone(), readiness.clone(), shutdown.wait());
+        Some(tokio::spawn(async move {
+            if let Err(e) = serve_probes(&addr, db, r, stop).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        }))
+    };
+    run_scheduler(core.queue.clone(), shutdown.wait()).await;
+    readiness.shutting_down();
+    if let Some(p) = probes {
+        let _ = p.await;
+    }
+    Ok(())
+}
+
+/// The registry of built-in kinds over `core`, with the LLM of `[llm]`.
+pub(crate) fn registry(
+    core: &Core,
+    settings: &Settings,
+) -> Result<steward_workers::Registry, Failure> {
+    Ok(builtin_registry(&core.services(llm_client(settings)?))?)
+}
+
+/// `dev.sleep`, registered only by `steward dev`: sleeps `ms` milliseconds (at most ten
+/// minutes) and returns them. For trying the queue by hand and for the end-to-end tests of
+/// graceful shutdown and crashes.
+#[derive(Debug)]
+pub(crate) struct DevSleep;
+
+/// The kind string of [`DevSleep`].
+pub(crate) const DEV_SLEEP: &str = "dev.sleep";
+
+/// Arguments of [`DevSleep`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DevSleepArgs {
+    #[serde(default)]
+    ms: u64,
+}
+
+impl steward_workers::Handler for DevSleep {
+    type Args = DevSleepArgs;
+    type Output = serde_json::Value;
+
+    fn kind(&self) -> &'static str {
+        DEV_SLEEP
+    }
+
+    async fn run(
+        &self,
+        _ctx: steward_workers::JobContext,
+        args: DevSleepArgs,
+    ) -> Result<serde_json::Value, steward_workers::JobError> {
+        let ms = args.ms.min(600_000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(serde_json::json!({ "slept_ms": ms }))
+    }
+}
