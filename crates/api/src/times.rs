@@ -27,6 +27,7 @@ const TIME_FIELDS: &[&str] = &[
     "compacted_at",
     "handled_at",
     "fire_time",
+    "terminal_through",
 ];
 
 /// µs since the epoch as RFC 3339 UTC with microseconds.

@@ -220,6 +220,7 @@ async fn messages_files_and_summary() {
     let r = h.get(&format!("/v1/sessions/{id}/summary"), &token).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["summary"].is_null());
+    assert!(r.body["detail"].is_null());
     h.models
         .workspace_sessions()
         .update(tenant, id, |s| {
@@ -229,6 +230,14 @@ async fn messages_files_and_summary() {
                 message_count: 2,
                 created_at: common::START,
             });
+            s.summary_detail = Some(
+                serde_json::from_value(json!({
+                    "through": null, "method": "extractive",
+                    "structured": {"intent": {"text": "fix login"}, "next_step": {"text": "add a test"}},
+                    "terminal_through": common::START
+                }))
+                .unwrap(),
+            );
             Ok(())
         })
         .await
@@ -237,6 +246,15 @@ async fn messages_files_and_summary() {
     assert_eq!(r.body["summary"]["text"], "login fails on expired tokens");
     assert_eq!(
         r.body["summary"]["created_at"],
+        "2026-01-01T00:00:00.000000Z"
+    );
+    assert_eq!(
+        r.body["detail"]["structured"]["intent"]["text"],
+        "fix login"
+    );
+    assert_eq!(r.body["detail"]["method"], "extractive");
+    assert_eq!(
+        r.body["detail"]["terminal_through"],
         "2026-01-01T00:00:00.000000Z"
     );
 }

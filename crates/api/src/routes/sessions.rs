@@ -434,6 +434,10 @@ pub(crate) struct SummaryView {
     /// `{text, through, message_count, created_at}`, or null before the first summary.
     #[schema(value_type = Option<Object>)]
     pub(crate) summary: Option<serde_json::Value>,
+    /// The structured summary behind it (intent, decisions, changes, errors fixed, open todos,
+    /// current state, next step; items cite message positions) and how it was made, or null.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) detail: Option<serde_json::Value>,
 }
 
 /// Reads a session's summary.
@@ -449,6 +453,7 @@ pub(crate) async fn summary(
     Ok(Json(SummaryView {
         session_id: s.id,
         summary: s.summary.as_ref().map(json_times).transpose()?,
+        detail: s.summary_detail.as_ref().map(json_times).transpose()?,
     }))
 }
 
