@@ -1,6 +1,6 @@
 //! The API's settings: named defaults and a `validate()` naming the field and its bound.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Default listen address.
@@ -61,6 +61,76 @@ impl Default for LoginThrottle {
     }
 }
 
+/// An IP network (`10.0.0.0/8`, `fd00::/8`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is in this network.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            let shift = u32::from(width - prefix.min(width));
+            if shift >= 128 {
+                0
+            } else {
+                (bits >> shift) << shift
+            }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u128::from(u32::from(net)), self.prefix, 32)
+                    == masked(u128::from(u32::from(ip)), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
+            }
+            (IpAddr::V6(net), IpAddr::V4(ip)) => net.to_ipv4_mapped().is_some_and(|n| {
+                IpNet {
+                    addr: IpAddr::V4(n),
+                    prefix: self.prefix.saturating_sub(96),
+                }
+                .contains(IpAddr::V4(ip))
+            }),
+            (IpAddr::V4(_), IpAddr::V6(ip)) => ip
+                .to_ipv4_mapped()
+                .is_some_and(|ip| self.contains(IpAddr::V4(ip))),
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || {
+            err(
+                "api.trusted_proxies",
+                format!("`{s}` is not an IP address or CIDR network"),
+            )
+        };
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(bad)?,
+            None => width,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
 /// A setting out of bounds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid api setting {field}: {message}")]
@@ -110,6 +180,11 @@ pub struct ApiConfig {
     pub leeway: Duration,
     /// Timeout of the `/readyz` store probe (`STEWARD_API__READY_TIMEOUT`).
     pub ready_timeout: Duration,
+    /// Proxies (load balancers, ingress) whose `X-Forwarded-For` is believed
+    /// (`STEWARD_API__TRUSTED_PROXIES`, comma-separated CIDRs). A request from one of them is
+    /// attributed to the right-most address of the header that is not itself a trusted proxy;
+    /// from anyone else the header is ignored. Empty (the default): the TCP peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ApiConfig {
@@ -131,6 +206,7 @@ impl Default for ApiConfig {
             access_ttl: DEFAULT_ACCESS_TTL,
             leeway: DEFAULT_LEEWAY,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -207,6 +283,28 @@ impl ApiConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let n: IpNet = "10.1.0.0/16".parse().unwrap();
+        assert!(n.contains("10.1.200.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: IpNet = "192.0.2.7".parse().unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert_eq!(
+                bad.parse::<IpNet>().unwrap_err().field,
+                "api.trusted_proxies"
+            );
+        }
+    }
 
     #[test]
     fn default_is_valid_and_errors_name_the_field() {

@@ -254,21 +254,59 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-/// The client's address (from the connection; `None` without one, e.g. in tests).
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy
+/// (`api.trusted_proxies`), the right-most `X-Forwarded-For` address that is not one. `None`
+/// without a connection (e.g. in tests through `oneshot`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(ClientAddr(peer.map(|peer| {
+            client_ip(peer, &parts.headers, &state.inner.config.trusted_proxies)
+        })))
     }
+}
+
+/// The client behind trusted proxies: walk `X-Forwarded-For` from the right while the hop is
+/// trusted; the first untrusted hop is the client (a client cannot forge hops to its right).
+pub(crate) fn client_ip(
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[crate::config::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // An unparsable hop: stop at the last address we could trust the origin of.
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The `Idempotency-Key` header, if present.
@@ -290,5 +328,36 @@ pub(crate) fn idempotency_header(
             }
             Ok(Some(s.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<crate::config::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.5, 10.0.0.2".parse().unwrap(),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Through two trusted hops: the first untrusted one from the right is the client; the
+        // left-most (client-written) address is not believed.
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.5"));
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &trusted),
+            ip("198.51.100.1")
+        );
+        // No trusted proxies configured: the peer.
+        assert_eq!(client_ip(ip("10.0.0.1"), &h, &[]), ip("10.0.0.1"));
+        // A trusted peer without the header is itself the client.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &axum::http::HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
     }
 }

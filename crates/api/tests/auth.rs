@@ -479,3 +479,43 @@ async fn login_without_a_signing_key_is_refused_clearly() {
     let resp = tower::ServiceExt::oneshot(router, req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_login_budget() {
+    let mut cfg = test_config();
+    cfg.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let h = Harness::with_config(cfg).await;
+    let (tenant, _, _) = h.tenant(&[Role::Member]).await;
+    let attempt = |client: &'static str, email: String| {
+        let h = &h;
+        async move {
+            let mut req = axum::http::Request::post("/v1/auth/login")
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", client)
+                .body(axum::body::Body::from(
+                    json!({"tenant_id": tenant, "email": email, "password": "p"}).to_string(),
+                ))
+                .unwrap();
+            let proxy: SocketAddr = "10.0.0.1:443".parse().unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(proxy));
+            h.send(req).await.status
+        }
+    };
+    let burst = h.config.login.per_address.burst;
+    for i in 0..burst {
+        assert_eq!(
+            attempt("203.0.113.1", format!("a{i}@example.com")).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        attempt("203.0.113.1", "z@example.com".into()).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client behind the same proxy is not throttled.
+    assert_eq!(
+        attempt("203.0.113.2", "z@example.com".into()).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
