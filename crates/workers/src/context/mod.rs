@@ -57,8 +57,9 @@ pub const MAX_QUESTION_BYTES: usize = 8 * 1024;
 /// Longest model name, in bytes.
 pub const MAX_MODEL_BYTES: usize = 128;
 /// Most excluded items listed in a result (the best-scored ones); the rest are counted in
-/// [`ContextResult::excluded_not_listed`].
-pub const MAX_EXCLUDED_LISTED: usize = 200;
+/// [`ContextResult::excluded_not_listed`]. Kept small so a result (stored as a job's result,
+/// under the store's 100,000-byte value limit) stays around 25 KB plus the block itself.
+pub const MAX_EXCLUDED_LISTED: usize = 50;
 
 /// What the job and the advice endpoint are asked.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
