@@ -4,7 +4,7 @@
 //! setting.
 //!
 //! The file has a top-level `store` and one table per component: `[worker]`, `[api]`,
-//! `[auth]`, `[models]`, `[llm]`. A variable such as `STEWARD_WORKER__SCHEDULES__PRUNE_JOBS`
+//! `[auth]`, `[models]`, `[llm]`, `[summarize]`. A variable such as `STEWARD_WORKER__SCHEDULES__PRUNE_JOBS`
 //! sets `worker.schedules.prune_jobs`; its value is read as a TOML value when it is one
 //! (`8`, `true`, `1.5`, `["a"]`) and as a string otherwise.
 
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use steward_store::{StoreUrl, DEFAULT_STORE_URL};
 
 /// The config file's top-level keys. Unknown keys are refused, so a typo is reported.
-pub(crate) const SECTIONS: &[&str] = &["worker", "api", "auth", "models", "llm"];
+pub(crate) const SECTIONS: &[&str] = &["worker", "api", "auth", "models", "llm", "summarize"];
 
 /// A configuration error: bad usage, reported with exit code 2.
 #[derive(Debug, thiserror::Error)]

@@ -406,6 +406,13 @@ struct ApiSection {
     advice_wait_secs: Option<u64>,
     external_kinds: Option<Vec<String>>,
     max_args_bytes: Option<usize>,
+    ready_timeout_secs: Option<u64>,
+    /// CIDRs of proxies whose `X-Forwarded-For` is believed (login throttling per address).
+    trusted_proxies: Option<Vec<String>>,
+    login_account_per_sec: Option<f64>,
+    login_account_burst: Option<u32>,
+    login_address_per_sec: Option<f64>,
+    login_address_burst: Option<u32>,
 }
 
 fn api_config(settings: &Settings, listen: Option<SocketAddr>) -> Result<ApiConfig, Failure> {
@@ -435,6 +442,28 @@ fn api_config(settings: &Settings, listen: Option<SocketAddr>) -> Result<ApiConf
     }
     if let Some(v) = s.max_args_bytes {
         c.max_args_bytes = v;
+    }
+    if let Some(v) = s.ready_timeout_secs {
+        c.ready_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = s.trusted_proxies {
+        c.trusted_proxies = v
+            .iter()
+            .map(|n| n.parse())
+            .collect::<Result<_, steward_api::ConfigError>>()
+            .map_err(|e| Failure::Config(ConfigError::setting("api.trusted_proxies", e.message)))?;
+    }
+    if let Some(v) = s.login_account_per_sec {
+        c.login.per_account.per_sec = v;
+    }
+    if let Some(v) = s.login_account_burst {
+        c.login.per_account.burst = v;
+    }
+    if let Some(v) = s.login_address_per_sec {
+        c.login.per_address.per_sec = v;
+    }
+    if let Some(v) = s.login_address_burst {
+        c.login.per_address.burst = v;
     }
     if let Some(v) = auth.issuer {
         c.issuer = v;

@@ -89,6 +89,7 @@ impl Core {
             queue: self.queue.clone(),
             models: self.models.clone(),
             llm,
+            summarize: steward_workers::summarize::SummarizeConfig::default(),
         }
     }
 }
@@ -199,7 +200,16 @@ pub(crate) fn registry(
     core: &Core,
     settings: &Settings,
 ) -> Result<steward_workers::Registry, Failure> {
-    Ok(builtin_registry(&core.services(llm_client(settings)?))?)
+    let summarize: steward_workers::summarize::SummarizeConfig = settings.section("summarize")?;
+    summarize.validate().map_err(|e| match e {
+        steward_workers::summarize::SummarizeError::Config { field, message } => {
+            Failure::Config(ConfigError::setting(format!("summarize.{field}"), message))
+        }
+        other => Failure::Runtime(other.to_string()),
+    })?;
+    let mut services = core.services(llm_client(settings)?);
+    services.summarize = summarize;
+    Ok(builtin_registry(&services)?)
 }
 
 /// `dev.sleep`, registered only by `steward dev`: sleeps `ms` milliseconds (at most ten

@@ -335,6 +335,15 @@ impl Attempt {
             Ending::Returned(Ok(value)) => {
                 return match self.queue.complete(lease, value).await {
                     Ok(()) => "completed",
+                    // A result the queue refuses (too large) will be refused every time.
+                    Err(steward_queue::Error::Invalid { field, message }) => {
+                        let error = format!("the result was refused: {field}: {message}");
+                        tracing::error!(error = %error, "failing the job");
+                        match self.queue.fail(lease, Outcome::Fail { error }).await {
+                            Ok(_) => "failed",
+                            Err(e) => self.report_error(&e),
+                        }
+                    }
                     Err(e) => self.report_error(&e),
                 };
             }

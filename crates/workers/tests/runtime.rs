@@ -79,6 +79,8 @@ enum Script {
     Fail,
     /// Retry (with the kind's policy) on the first `times` attempts.
     RetryFirst { times: u32 },
+    /// Return a result larger than a store value.
+    Huge,
 }
 
 #[derive(Default)]
@@ -146,6 +148,7 @@ impl Handler for Scripted {
                 })
             }
             Script::Fail => Err(JobError::fail("no way")),
+            Script::Huge => Ok(serde_json::json!("x".repeat(200_000))),
             Script::RetryFirst { times } => {
                 if ctx.attempt <= times {
                     Err(JobError::retry(format!("attempt {} failed", ctx.attempt)))
@@ -489,6 +492,27 @@ async fn under_injected_faults_every_job_completes_exactly_once() {
         // commit_unknown_result is recognised as its own).
         assert_eq!(stats.count("completed"), 40, "seed {seed}: {stats:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_queue_refuses_fails_the_job_once_instead_of_looping() {
+    let e = env(None);
+    let probe = Arc::new(Probe::default());
+    let tenant = Uuid::now_v7();
+    let id = e.queue.enqueue(tenant, job(Script::Huge)).await.unwrap().id;
+    let worker = Worker::new(e.queue.clone(), registry(&probe), config(1)).unwrap();
+    let stats = run_until(worker, e.queue.clone(), tenant, |c| {
+        count(c, JobState::Dead) == 1
+    })
+    .await;
+    assert_eq!(stats.count("failed"), 1, "{stats:?}");
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 1, "not retried");
+    let j = e.queue.get(tenant, id).await.unwrap().unwrap();
+    assert!(
+        j.errors[0].message.contains("result was refused"),
+        "{:?}",
+        j.errors
+    );
 }
 
 #[test]

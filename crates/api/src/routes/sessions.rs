@@ -484,7 +484,7 @@ pub(crate) async fn cancel_session_jobs(
 pub(crate) struct AdviceRequest {
     /// The agent's question or task (not blank, at most 8 KiB).
     pub(crate) question: String,
-    /// Most tokens the context may have (1 to 1000000).
+    /// Most tokens the context may have (1 to 12000).
     pub(crate) token_budget: u32,
     /// The model the context is for (chooses the tokenizer); default `gpt-4o`.
     pub(crate) model: Option<String>,

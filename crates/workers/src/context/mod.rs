@@ -51,7 +51,9 @@ pub use tokens::{Encoding, TokenizerInfo, APPROX_SAFETY_FACTOR};
 /// Smallest token budget accepted.
 pub const MIN_TOKEN_BUDGET: u32 = 1;
 /// Largest token budget accepted.
-pub const MAX_TOKEN_BUDGET: u32 = 1_000_000;
+/// The result (block plus manifest) is stored as the job's result, which must fit one store
+/// value (100,000 bytes): 12,000 tokens of about 4 bytes leave room for the ~25 KB manifest.
+pub const MAX_TOKEN_BUDGET: u32 = 12_000;
 /// Longest question, in bytes.
 pub const MAX_QUESTION_BYTES: usize = 8 * 1024;
 /// Longest model name, in bytes.

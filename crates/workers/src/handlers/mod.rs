@@ -28,6 +28,8 @@ pub struct Services {
     pub models: Arc<Models>,
     /// The LLM for summaries (`None`: extractive summaries only).
     pub llm: Option<Arc<crate::llm::LlmClient>>,
+    /// The summarizer's settings (`[summarize]`).
+    pub summarize: crate::summarize::SummarizeConfig,
 }
 
 /// A registry with every built-in kind.

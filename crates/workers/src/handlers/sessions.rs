@@ -29,9 +29,9 @@ impl SummarizeSession {
     #[must_use]
     pub fn new(s: Services, llm: Option<Arc<LlmClient>>) -> Self {
         SummarizeSession {
+            config: s.summarize,
             s,
             llm,
-            config: SummarizeConfig::default(),
         }
     }
 }
