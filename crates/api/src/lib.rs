@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/audit/events", get(audit::events))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/cron", get(cron::list_schedules))
         .route(
             "/v1/cron/{name}",
             get(cron::get_schedule)

@@ -40,7 +40,7 @@ impl Modify for Bearer {
         sessions::append_messages, sessions::record_file, sessions::summary,
         sessions::cancel_session_jobs, sessions::advice,
         audit::events, audit::verify,
-        cron::get_schedule, cron::put_schedule, cron::delete_schedule,
+        cron::list_schedules, cron::get_schedule, cron::put_schedule, cron::delete_schedule,
         operator::create_tenant, operator::list_tenants, operator::get_tenant,
         operator::create_user, operator::set_plan,
     ),

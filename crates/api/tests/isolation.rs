@@ -105,7 +105,12 @@ async fn another_tenants_ids_are_404_like_missing_ones() {
         h.get("/v1/cron/nightly", &token_b).await.status,
         StatusCode::OK
     );
-    // A's listings show none of B's jobs.
+    // A's listings show none of B's schedules or jobs.
+    let r = h.get("/v1/cron", &token_a).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(!r.body.to_string().contains("nightly"), "{:?}", r.body);
+    let r = h.get("/v1/cron", &token_b).await;
+    assert_eq!(r.body["schedules"][0]["name"], "nightly", "{:?}", r.body);
     let r = h.get("/v1/jobs", &token_a).await;
     assert_eq!(r.body["jobs"].as_array().unwrap().len(), 0);
     let r = h

@@ -45,6 +45,7 @@ async fn the_openapi_document_parses_and_lists_every_route() {
         ("/v1/sessions/{id}/jobs/cancel", "post"),
         ("/v1/audit/events", "get"),
         ("/v1/audit/verify", "get"),
+        ("/v1/cron", "get"),
         ("/v1/cron/{name}", "get"),
         ("/v1/cron/{name}", "put"),
         ("/v1/cron/{name}", "delete"),
@@ -337,6 +338,14 @@ async fn cron_schedules_are_admin_only_and_validated() {
     assert_eq!(r.body["next_fire"], "2026-01-01T02:00:00.000000Z");
     let r = h.get("/v1/cron/nightly", &admin).await;
     assert_eq!(r.status, StatusCode::OK);
+    let r = h.get("/v1/cron?limit=1", &admin).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["schedules"][0]["name"], "nightly");
+    assert_eq!(r.body["next_after"], "nightly");
+    let r = h.get("/v1/cron?after=nightly", &admin).await;
+    assert_eq!(r.body["schedules"], json!([]));
+    let r = h.get("/v1/cron?limit=0", &admin).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
     let stored = steward_queue::Scheduler::new(&h.queue)
         .get(Some(tenant), "nightly")
         .await

@@ -163,6 +163,17 @@ pub(crate) enum JobsCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CronCmd {
+    /// List the tenant's schedules, by name
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Start after this name
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size (1 to 1000)
+        #[arg(long, default_value = "100")]
+        limit: usize,
+    },
     /// Show a schedule
     Show {
         #[command(flatten)]
@@ -441,6 +452,17 @@ pub(crate) async fn jobs(cmd: JobsCmd) -> Result<(), Failure> {
 
 pub(crate) async fn cron(cmd: CronCmd) -> Result<(), Failure> {
     match cmd {
+        CronCmd::List {
+            remote,
+            after,
+            limit,
+        } => {
+            let q: Vec<_> = [opt("after", after), opt("limit", Some(limit))]
+                .into_iter()
+                .flatten()
+                .collect();
+            call(&remote, Method::GET, "/v1/cron", &q, None).await
+        }
         CronCmd::Show { remote, name } => {
             call(&remote, Method::GET, &format!("/v1/cron/{name}"), &[], None).await
         }

@@ -367,6 +367,43 @@ impl<'q> Scheduler<'q> {
             .await
     }
 
+    /// The schedules of a tenant (or the system ones), by name: at most `limit` (1 to 1000)
+    /// after the name `after`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `limit`; store errors.
+    pub async fn list(
+        &self,
+        tenant: Option<Uuid>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<CronSchedule>> {
+        if !(1..=1000).contains(&limit) {
+            return Err(Error::invalid("limit", "must be 1 to 1000"));
+        }
+        let scope = CronScope::of(tenant);
+        let mut range = keys::cron_schedules(&scope);
+        if let Some(after) = after {
+            let mut begin = keys::cron_schedule(&scope, after);
+            begin.push(0);
+            range.begin = begin;
+        }
+        let range = &range.limit(limit).snapshot();
+        let kvs = self
+            .queue
+            .db()
+            .run(|tx, _| async move { Ok(tx.get_range(range).await?.kvs) })
+            .await?;
+        kvs.iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+                    what: "schedule".into(),
+                    source: e,
+                })
+            })
+            .collect()
+    }
+
     /// The recorded ticks of a schedule, oldest first.
     ///
     /// # Errors

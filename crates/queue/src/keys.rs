@@ -300,6 +300,14 @@ pub(crate) fn cron_schedule(scope: &CronScope, name: &str) -> Vec<u8> {
     }
 }
 
+/// Every schedule of a scope, by name.
+pub(crate) fn cron_schedules(scope: &CronScope) -> RangeOption {
+    match scope {
+        CronScope::Tenant(t) => prefix(&pack(&("t", *t, "q", "cron"))),
+        CronScope::System => prefix(&pack(&("g", "cron"))),
+    }
+}
+
 /// A tick record: `("t", T, "q", "tick", NAME, FIRE)` or `("g", "crontick", NAME, FIRE)`.
 pub(crate) fn cron_tick(scope: &CronScope, name: &str, fire: i64) -> Vec<u8> {
     match scope {

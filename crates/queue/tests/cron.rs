@@ -295,3 +295,41 @@ async fn bad_schedules_are_refused_naming_the_field() {
         );
     }
 }
+
+#[tokio::test]
+async fn list_pages_a_tenants_schedules_by_name_and_never_another_tenants() {
+    let (q, _clock) = setup(None);
+    let s = Scheduler::new(&q);
+    let (a, b) = (Uuid::from_u128(11), Uuid::from_u128(12));
+    for name in ["c", "a", "b"] {
+        s.upsert(ScheduleSpec::new(Some(a), name, "* * * * *", template()))
+            .await
+            .unwrap();
+    }
+    s.upsert(ScheduleSpec::new(
+        Some(b),
+        "theirs",
+        "* * * * *",
+        template(),
+    ))
+    .await
+    .unwrap();
+    s.upsert(ScheduleSpec::new(None, "system", "* * * * *", template()))
+        .await
+        .unwrap();
+    let names = |v: Vec<steward_queue::CronSchedule>| -> Vec<String> {
+        v.into_iter().map(|c| c.name).collect()
+    };
+    assert_eq!(
+        names(s.list(Some(a), None, 10).await.unwrap()),
+        ["a", "b", "c"]
+    );
+    assert_eq!(names(s.list(Some(a), None, 2).await.unwrap()), ["a", "b"]);
+    assert_eq!(names(s.list(Some(a), Some("b"), 2).await.unwrap()), ["c"]);
+    assert_eq!(names(s.list(Some(b), None, 10).await.unwrap()), ["theirs"]);
+    assert_eq!(names(s.list(None, None, 10).await.unwrap()), ["system"]);
+    assert!(matches!(
+        s.list(Some(a), None, 0).await,
+        Err(steward_queue::Error::Invalid { field: "limit", .. })
+    ));
+}

@@ -1,7 +1,4 @@
-//! `/v1/cron/{name}` (admin): the tenant's cron schedules.
-//!
-//! Listing all of a tenant's schedules needs a `Scheduler::list` in `steward-queue`, which does
-//! not exist yet; until then schedules are read by name.
+//! `/v1/cron` and `/v1/cron/{name}` (admin): the tenant's cron schedules.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +8,7 @@ use steward_queue::{CronSchedule, MissedPolicy, OverlapPolicy, ScheduleSpec, Sch
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, Principal};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Principal};
 use crate::routes::jobs::{new_job, EnqueueRequest};
 use crate::state::AppState;
 use crate::times::{rfc3339, rfc3339_opt};
@@ -107,6 +104,51 @@ fn view(s: CronSchedule) -> ScheduleView {
         last_job: s.last_job,
         paused: s.paused,
     }
+}
+
+/// Which page of schedules.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CronListQuery {
+    /// The last name of the previous page.
+    after: Option<String>,
+    /// 1 to 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// A page of schedules, by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ScheduleList {
+    /// The schedules.
+    schedules: Vec<ScheduleView>,
+    /// Pass as `after` for the next page (absent on the last page).
+    next_after: Option<String>,
+}
+
+/// The tenant's schedules, by name (admin).
+#[utoipa::path(get, path = "/v1/cron", tag = "cron", params(CronListQuery),
+    responses((status = 200, body = ScheduleList), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list_schedules(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<CronListQuery>,
+) -> ApiResult<Json<ScheduleList>> {
+    p.require_admin()?;
+    let limit = q.limit.unwrap_or(100);
+    let list = Scheduler::new(state.queue())
+        .list(Some(p.tenant), q.after.as_deref(), limit)
+        .await?;
+    let next_after = if list.len() == limit {
+        list.last().map(|s| s.name.clone())
+    } else {
+        None
+    };
+    Ok(Json(ScheduleList {
+        schedules: list.into_iter().map(view).collect(),
+        next_after,
+    }))
 }
 
 /// A schedule of the tenant (admin).
