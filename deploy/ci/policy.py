@@ -22,6 +22,28 @@ RELEASE_MARGIN_SECS = 10
 # Roles that run workers (and so drain on SIGTERM).
 WORKER_ROLES = {"worker", "dev"}
 
+# The key-file settings of the `steward` binary (crates/cli/src/keys.rs), by environment variable.
+JWT_SIGNING = "STEWARD_AUTH__JWT_SIGNING_KEY_FILE"
+JWT_VERIFY = "STEWARD_AUTH__JWT_VERIFY_KEYS_DIR"
+REFRESH = "STEWARD_MODELS__REFRESH_TOKEN_KEY_FILE"
+AUDIT_CHAIN = "STEWARD_MODELS__AUDIT_CHAIN_KEY_FILE"
+AUDIT_SIGNING = "STEWARD_MODELS__AUDIT_SIGNING_KEY_FILE"
+KEY_SETTINGS = {JWT_SIGNING, JWT_VERIFY, REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}
+# Per role of the FoundationDB shape: the key settings it must have, and the ones it may have.
+# Anything else is refused (least privilege: a process gets only the keys it reads).
+# - Every command needs the refresh-token and audit-chain HMAC keys (it opens the records).
+# - Only `steward api` reads [auth]: it signs tokens at login/refresh and verifies every request.
+# - The audit signing key: workers run compact_audit_log, which refuses without it; the API's
+#   GET /v1/audit/verify checks signed segments with its public half (the binary has no setting
+#   for public keys alone yet). `steward scheduler` needs neither, but may be given it.
+ROLE_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    "api": ({JWT_SIGNING, JWT_VERIFY, REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}, set()),
+    "worker": ({REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}, set()),
+    "scheduler": ({REFRESH, AUDIT_CHAIN}, {AUDIT_SIGNING}),
+}
+# Roles that call LLMs (and so may get STEWARD_LLM__* settings and keys).
+LLM_ROLES = {"worker", "dev"}
+
 
 class Report:
     def __init__(self) -> None:
@@ -197,6 +219,45 @@ def check_secret_refs(r: Report, dep: dict[str, Any], examples: dict[str, dict[s
                           "deploy/base/secret.example.yaml does not show")
 
 
+def check_role_keys(r: Report, dep: dict[str, Any], examples: dict[str, dict[str, Any]]) -> None:
+    """Each role has the key settings it needs, none it does not read, and mounts no Secret key
+    that none of its settings reads."""
+    where = name_of(dep)
+    spec = dep["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec.get("containers", []):
+        role = (c.get("args") or [""])[0]
+        cw = f"{where} container {c['name']} (`steward {role}`)"
+        names = {e["name"] for e in c.get("env", [])}
+        if role not in LLM_ROLES:
+            for name in sorted(n for n in names if n.startswith("STEWARD_LLM__")):
+                r.fail(cw, f"env {name}: only workers call LLMs; do not give `steward {role}` LLM settings or keys")
+        if role not in ROLE_KEYS:
+            r.fail(cw, f"unknown role {role!r}: add its key settings to ROLE_KEYS in deploy/ci/policy.py")
+            continue
+        required, optional = ROLE_KEYS[role]
+        for name in sorted(required - names):
+            r.fail(cw, f"env {name} is missing (`steward {role}` requires it)")
+        for name in sorted((names & KEY_SETTINGS) - required - optional):
+            r.fail(cw, f"env {name} is not read by `steward {role}`; do not give it that key (least privilege)")
+        env = env_of(c)
+        files = {v for n, v in env.items() if n.endswith("_FILE")}
+        dirs = {v.rstrip("/") for n, v in env.items() if n.endswith("_DIR")}
+        for m in c.get("volumeMounts", []):
+            secret = volumes.get(m["name"], {}).get("secret")
+            if secret is None:
+                continue
+            mp = m["mountPath"].rstrip("/")
+            if mp in dirs:
+                continue
+            items = secret.get("items")
+            keys = sorted(i["path"] for i in items) if items else sorted(examples.get(secret["secretName"], ()))
+            for key in keys:
+                r.require(f"{mp}/{key}" in files, cw,
+                          f"mounts key {key!r} of Secret {secret['secretName']} at {mp}, which no setting of "
+                          f"`steward {role}` reads (mount only the keys a role needs)")
+
+
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -260,6 +321,7 @@ def main(rendered: str, secret_example: str) -> int:
         for d in deps:
             check_fdb_pod(r, d)
             check_secret_refs(r, d, examples)
+            check_role_keys(r, d, examples)
             for c in d["spec"]["template"]["spec"]["containers"]:
                 roles[(c.get("args") or [""])[0]] = d
         for role in ("api", "worker"):
