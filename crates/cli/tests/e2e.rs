@@ -400,3 +400,86 @@ async fn demo_sessions_get_summaries_and_advice_over_http() {
         .unwrap();
     assert_eq!(status, 400, "unknown kinds are refused");
 }
+
+/// Runs the `steward` binary as an operator client of `dev`.
+fn steward_client(dev: &Dev, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(args)
+        .env("STEWARD_URL", &dev.url)
+        .env("STEWARD_TOKEN", &dev.token)
+        .env_remove("STEWARD_CONFIG")
+        .env_remove("STEWARD_STORE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_talk_http_while_the_server_holds_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let dev = start_dev(&dir, &[], &[]);
+    Api::new(&dev).wait_ready().await;
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let out = steward_client(
+        &dev,
+        &["jobs", "enqueue", "dev.sleep", "--args", r#"{"ms": 1}"#],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let enqueued: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = enqueued["id"].as_str().unwrap().to_string();
+    let out = steward_client(&dev, &["jobs", "show", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = steward_client(
+        &dev,
+        &[
+            "cron",
+            "set",
+            "nightly",
+            "--expression",
+            "0 3 * * *",
+            "--kind",
+            "prune_jobs",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = steward_client(&dev, &["cron", "list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nightly"), "{}", text(&out));
+    // A 4xx answer exits 2 with the server's message naming the field.
+    let out = steward_client(&dev, &["jobs", "enqueue", "no.such.kind"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("kind"), "{}", text(&out));
+    // Bad usage exits 2 before any request.
+    let out = steward_client(&dev, &["jobs", "show", "not-a-uuid"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = steward_client(&dev, &["jobs", "enqueue", "dev.sleep", "--args", "{oops"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // The store is held by the server: a second server is refused, naming the holder.
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args([
+            "worker",
+            "--store",
+            &format!("embedded:{}", dir.display()),
+            "--metrics-addr",
+            "",
+        ])
+        .env(
+            "STEWARD_MODELS__REFRESH_TOKEN_KEY_FILE",
+            dir.join("keys/refresh-token-key"),
+        )
+        .env(
+            "STEWARD_MODELS__AUDIT_CHAIN_KEY_FILE",
+            dir.join("keys/audit-chain-key"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("locked by pid"), "{}", text(&out));
+}
