@@ -9,6 +9,7 @@
 //! | `models.refresh_token_key_file` | >= 32 random bytes | the HMAC of refresh tokens |
 //! | `models.audit_chain_key_file` | >= 32 random bytes | the HMAC chain of audit events |
 //! | `models.audit_signing_key_file` | Ed25519 private key, PKCS#8 PEM | signing compacted audit segments |
+//! | `models.audit_verifying_key_files` | Ed25519 public keys (SPKI PEM) | verifying segments of retired signing keys |
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +55,9 @@ pub(crate) struct ModelsSection {
     pub(crate) audit_chain_key_file: Option<PathBuf>,
     /// Ed25519 private key (PKCS#8 PEM) signing compacted audit segments.
     pub(crate) audit_signing_key_file: Option<PathBuf>,
+    /// Public keys (SPKI PEM, raw or hex) of retired audit signing keys, so segments they
+    /// signed still verify after a rotation.
+    pub(crate) audit_verifying_key_files: Vec<PathBuf>,
 }
 
 /// Every secret a process needs.
@@ -133,6 +137,15 @@ pub(crate) fn from_files(
         let key = steward_models::AuditSigningKey::from_file(path)
             .map_err(|e| ConfigError::setting("models.audit_signing_key_file", e))?;
         config.audit = config.audit.with_signing_key(key);
+    }
+    for path in &models.audit_verifying_key_files {
+        let key = steward_models::AuditVerifyingKey::from_file(path).map_err(|e| {
+            ConfigError::setting(
+                "models.audit_verifying_key_files",
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        config.audit.verifying_keys.push(key);
     }
     let (jwt_signing, jwt_verify) = if need_jwt {
         let signing = match &auth.jwt_signing_key_file {

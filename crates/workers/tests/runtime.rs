@@ -525,3 +525,44 @@ fn a_registry_refuses_a_kind_twice_and_fills_defaults() {
     let j = r.new_job("scripted", serde_json::json!({}));
     assert_eq!(j.max_attempts, steward_queue::DEFAULT_MAX_ATTEMPTS);
 }
+
+#[tokio::test]
+async fn probes_answer_health_readiness_and_metrics() {
+    let e = env(None);
+    let readiness = steward_workers::metrics::Readiness::default();
+    let router = steward_workers::metrics::probe_router(e.queue.db().clone(), readiness.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    metrics::counter!("steward_jobs_total", "kind" => "probe", "outcome" => "completed")
+        .increment(1);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("steward_jobs_total"), "{text}");
+    readiness.shutting_down();
+    let (status, text) = get("/readyz").await;
+    assert_eq!((status, text.as_str()), (503, "shutting down\n"));
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
