@@ -274,7 +274,7 @@ async fn call(
         .unwrap_or(text);
     if status.is_success() {
         if status != StatusCode::NO_CONTENT {
-            println!("{pretty}");
+            out!("{pretty}");
         }
         Ok(())
     } else if status.is_client_error() {
@@ -570,6 +570,6 @@ async fn verify_direct(settings: &Settings, tenant: Uuid) -> Result<(), Failure>
     });
     let text =
         serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.to_string()))?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }

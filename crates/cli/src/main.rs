@@ -25,6 +25,22 @@
 //! errors, an invalid config file, setting or store URL, a backend missing from this build, an
 //! HTTP 4xx answer to an operator command).
 
+/// Prints on stdout, ignoring a closed stdout (`steward ... | head`): never a panic for it.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// [`out!`] without the newline.
+macro_rules! out_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod bench;
 mod bench_queue;
 mod client;
@@ -647,18 +663,18 @@ async fn dev(args: &DevArgs, settings: &Settings) -> Result<(), Failure> {
         shutdown.wait(),
     ));
     let url = format!("http://{}", args.listen);
-    println!("Steward is running at {url} (store {})", settings.store);
-    println!("Tenant: {}", identity.tenant);
+    out!("Steward is running at {url} (store {})", settings.store);
+    out!("Tenant: {}", identity.tenant);
     if !identity.demo_sessions.is_empty() {
         let ids: Vec<String> = identity
             .demo_sessions
             .iter()
             .map(ToString::to_string)
             .collect();
-        println!("Demo sessions: {}", ids.join(" "));
+        out!("Demo sessions: {}", ids.join(" "));
     }
-    println!("Development token (24 h):\n{token}");
-    println!("Try: curl -H \"Authorization: Bearer $TOKEN\" {url}/v1/queue/stats   (Ctrl-C stops)");
+    out!("Development token (24 h):\n{token}");
+    out!("Try: curl -H \"Authorization: Bearer $TOKEN\" {url}/v1/queue/stats   (Ctrl-C stops)");
     let mut registry = serve::registry(&core, settings)?;
     registry.register(serve::DevSleep)?;
     let stats = serve::run_worker(&core, worker_cfg, registry, readiness, &shutdown, false).await?;
@@ -722,7 +738,7 @@ fn token(args: &TokenArgs, settings: &Settings) -> Result<(), Failure> {
     let sub = args
         .user
         .map_or_else(|| "steward-cli".to_string(), |u| u.to_string());
-    println!(
+    out!(
         "{}",
         mint(
             &key,
@@ -765,9 +781,9 @@ async fn bench_queue(args: &BenchQueueArgs, settings: &Settings) -> Result<(), F
         let json = serde_json::to_string_pretty(&report)
             .map_err(std::io::Error::from)
             .map_err(steward_store::Error::Io)?;
-        println!("{json}");
+        out!("{json}");
     } else {
-        print!("{}", bench_queue::render_table(&report));
+        out_raw!("{}", bench_queue::render_table(&report));
     }
     Ok(())
 }
@@ -829,9 +845,9 @@ async fn bench_store(args: &BenchStoreArgs, settings: &Settings) -> Result<(), F
         let json = serde_json::to_string_pretty(&report)
             .map_err(std::io::Error::from)
             .map_err(steward_store::Error::Io)?;
-        println!("{json}");
+        out!("{json}");
     } else {
-        print!("{}", bench::render_table(&report));
+        out_raw!("{}", bench::render_table(&report));
     }
     Ok(())
 }

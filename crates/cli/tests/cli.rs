@@ -206,3 +206,21 @@ fn queue_bench_table_names_the_durability_and_both_targets() {
     }
     assert!(table.contains(&url), "{table}");
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["bench", "store", "--quick", "--store", "memory:", "--json"])
+        .env_remove("STEWARD_CONFIG")
+        .env_remove("STEWARD_STORE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command prints (as `steward ... | head -0` would).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
