@@ -11,6 +11,7 @@ Run by .ci/deploy-check; see deploy/README.md ("CI").
 from __future__ import annotations
 
 import sys
+import tomllib
 from typing import Any
 
 import yaml
@@ -28,18 +29,22 @@ JWT_VERIFY = "STEWARD_AUTH__JWT_VERIFY_KEYS_DIR"
 REFRESH = "STEWARD_MODELS__REFRESH_TOKEN_KEY_FILE"
 AUDIT_CHAIN = "STEWARD_MODELS__AUDIT_CHAIN_KEY_FILE"
 AUDIT_SIGNING = "STEWARD_MODELS__AUDIT_SIGNING_KEY_FILE"
-KEY_SETTINGS = {JWT_SIGNING, JWT_VERIFY, REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}
+# A TOML array of files (public keys), e.g. '["/etc/steward/audit-verify-keys/audit-key-1.pub.pem"]'.
+AUDIT_VERIFYING = "STEWARD_MODELS__AUDIT_VERIFYING_KEY_FILES"
+KEY_SETTINGS = {JWT_SIGNING, JWT_VERIFY, REFRESH, AUDIT_CHAIN, AUDIT_SIGNING, AUDIT_VERIFYING}
 # Per role of the FoundationDB shape: the key settings it must have, and the ones it may have.
 # Anything else is refused (least privilege: a process gets only the keys it reads).
 # - Every command needs the refresh-token and audit-chain HMAC keys (it opens the records).
 # - Only `steward api` reads [auth]: it signs tokens at login/refresh and verifies every request.
-# - The audit signing key: workers run compact_audit_log, which refuses without it; the API's
-#   GET /v1/audit/verify checks signed segments with its public half (the binary has no setting
-#   for public keys alone yet). `steward scheduler` needs neither, but may be given it.
+# - The audit signing key (private): only workers sign (compact_audit_log refuses without it).
+#   The API's GET /v1/audit/verify looks a segment's key id up in the signing key, then in
+#   models.audit_verifying_key_files (AuditConfig::verifying_key), so public keys alone verify:
+#   the API gets those and never the private key. Workers may load the public keys too (the
+#   setting is shared through steward-env); `steward scheduler` needs neither, but may have both.
 ROLE_KEYS: dict[str, tuple[set[str], set[str]]] = {
-    "api": ({JWT_SIGNING, JWT_VERIFY, REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}, set()),
-    "worker": ({REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}, set()),
-    "scheduler": ({REFRESH, AUDIT_CHAIN}, {AUDIT_SIGNING}),
+    "api": ({JWT_SIGNING, JWT_VERIFY, REFRESH, AUDIT_CHAIN, AUDIT_VERIFYING}, set()),
+    "worker": ({REFRESH, AUDIT_CHAIN, AUDIT_SIGNING}, {AUDIT_VERIFYING}),
+    "scheduler": ({REFRESH, AUDIT_CHAIN}, {AUDIT_SIGNING, AUDIT_VERIFYING}),
 }
 # Roles that call LLMs (and so may get STEWARD_LLM__* settings and keys).
 LLM_ROLES = {"worker", "dev"}
@@ -61,8 +66,45 @@ def name_of(doc: dict[str, Any]) -> str:
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
 
+# The rendered ConfigMaps' data by name, for `envFrom` (set by main()).
+CONFIG_MAPS: dict[str, dict[str, str]] = {}
+
+
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    """The container's plain environment: `envFrom` ConfigMaps, then `env` values (which win)."""
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        ref = src.get("configMapRef")
+        if ref:
+            prefix = src.get("prefix", "")
+            env.update({prefix + k: v for k, v in CONFIG_MAPS.get(ref["name"], {}).items()})
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def file_list(r: Report, where: str, name: str, value: str) -> list[str]:
+    """The paths of a `*_FILES` setting: a TOML array of strings, as the binary parses it."""
+    try:
+        paths = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError as e:
+        r.fail(where, f"env {name}={value!r} is not a TOML array of paths ({e})")
+        return []
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        r.fail(where, f"env {name}={value!r} must be a TOML array of path strings, "
+                      "e.g. [\"/etc/steward/audit-verify-keys/audit-key-1.pub.pem\"]")
+        return []
+    return paths
+
+
+def key_files(r: Report, where: str, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(setting, path) of every key-file setting: `*_FILE` and each path of `*_FILES`."""
+    out = []
+    for name, value in env.items():
+        if name.endswith("_FILE") and name != "FDB_CLUSTER_FILE":
+            out.append((name, value))
+        elif name.endswith("_FILES"):
+            out.extend((name, p) for p in file_list(r, where, name, value))
+    return out
 
 
 def flag(args: list[str], name: str) -> str | None:
@@ -201,9 +243,9 @@ def check_secret_refs(r: Report, dep: dict[str, Any], examples: dict[str, dict[s
                 r.require(keys is not None and ref["key"] in keys, where,
                           f"env {e['name']} uses secret {ref['name']}/{ref['key']}, "
                           "which deploy/base/secret.example.yaml does not show")
-        for name, value in env_of(c).items():
-            if not (name.endswith("_FILE") or name.endswith("_DIR")) or name == "FDB_CLUSTER_FILE":
-                continue
+        env = env_of(c)
+        dirs = [(n, v) for n, v in env.items() if n.endswith("_DIR")]
+        for name, value in key_files(r, where, env) + dirs:
             m = mount_for(value, c)
             secret = volumes.get(m["name"], {}).get("secret") if m else None
             if secret is None:
@@ -212,7 +254,7 @@ def check_secret_refs(r: Report, dep: dict[str, Any], examples: dict[str, dict[s
             keys = examples.get(secret["secretName"])
             if keys is None:
                 r.fail(where, f"Secret {secret['secretName']} is not shown in deploy/base/secret.example.yaml")
-            elif name.endswith("_FILE"):
+            elif not name.endswith("_DIR"):
                 key = value[len(m["mountPath"].rstrip("/")) + 1:]
                 r.require(key in keys, where,
                           f"env {name} reads key {key!r} of Secret {secret['secretName']}, which "
@@ -228,7 +270,8 @@ def check_role_keys(r: Report, dep: dict[str, Any], examples: dict[str, dict[str
     for c in spec.get("containers", []):
         role = (c.get("args") or [""])[0]
         cw = f"{where} container {c['name']} (`steward {role}`)"
-        names = {e["name"] for e in c.get("env", [])}
+        env = env_of(c)
+        names = {e["name"] for e in c.get("env", [])} | set(env)
         if role not in LLM_ROLES:
             for name in sorted(n for n in names if n.startswith("STEWARD_LLM__")):
                 r.fail(cw, f"env {name}: only workers call LLMs; do not give `steward {role}` LLM settings or keys")
@@ -240,8 +283,7 @@ def check_role_keys(r: Report, dep: dict[str, Any], examples: dict[str, dict[str
             r.fail(cw, f"env {name} is missing (`steward {role}` requires it)")
         for name in sorted((names & KEY_SETTINGS) - required - optional):
             r.fail(cw, f"env {name} is not read by `steward {role}`; do not give it that key (least privilege)")
-        env = env_of(c)
-        files = {v for n, v in env.items() if n.endswith("_FILE")}
+        files = {path for _, path in key_files(Report(), cw, env)}
         dirs = {v.rstrip("/") for n, v in env.items() if n.endswith("_DIR")}
         for m in c.get("volumeMounts", []):
             secret = volumes.get(m["name"], {}).get("secret")
@@ -270,6 +312,7 @@ def main(rendered: str, secret_example: str) -> int:
             d["metadata"]["name"]: set(d.get("data", {})) | set(d.get("stringData", {}))
             for d in yaml.safe_load_all(f) if d and d.get("kind") == "Secret"
         }
+    CONFIG_MAPS.update({d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"})
     r = Report()
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for d in docs:
