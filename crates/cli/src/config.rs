@@ -100,10 +100,19 @@ impl Settings {
     ) -> Result<T, ConfigError> {
         match self.tables.get(name) {
             None => Ok(T::default()),
-            Some(value) => value
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::setting(name, e.message().trim_end())),
+            Some(toml::Value::Table(table)) => {
+                // Through text, so an error shows the offending key (a value's own
+                // `try_into` names only the problem).
+                let text = toml::to_string(table)
+                    .map_err(|e| ConfigError::setting(name, e.to_string().trim_end()))?;
+                toml::from_str(&text).map_err(|e: toml::de::Error| {
+                    ConfigError::setting(name, e.to_string().trim_end().replace('\n', " "))
+                })
+            }
+            Some(other) => Err(ConfigError::setting(
+                name,
+                format!("must be a table, not {}", other.type_str()),
+            )),
         }
     }
 }
@@ -302,6 +311,17 @@ mod tests {
         let w: steward_workers::WorkerConfig = s.section("worker").unwrap();
         assert_eq!((w.concurrency, w.lease_secs), (12, 20));
         assert_eq!(w.schedules.prune_jobs, "off");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let env = vec![("STEWARD_WORKER__LEASE_SECS".to_string(), "soon".to_string())];
+        let s = resolve_with_env(None, None, env).unwrap();
+        let e = s
+            .section::<steward_workers::WorkerConfig>("worker")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease_secs") && e.contains("soon"), "{e}");
     }
 
     #[test]

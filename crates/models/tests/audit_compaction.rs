@@ -576,6 +576,13 @@ async fn rotated_keys_keep_old_segments_verifiable() {
     m.audit().seal_all(t).await.unwrap();
     assert_eq!(m.audit().verify_chain(t).await.unwrap().segments, 2);
 
+    // A reader with public keys only (the API in production) verifies the whole history.
+    let mut public_only = rotated.clone();
+    public_only.audit.signing_key = None;
+    public_only.audit.verifying_keys = vec![old.verifying_key(), new.verifying_key()];
+    let m = Models::open(env.db.clone(), public_only).await.unwrap();
+    assert_eq!(m.audit().verify_chain(t).await.unwrap().segments, 2);
+
     // Forget the old public key and its segments no longer verify.
     let mut forgetful = rotated;
     forgetful.audit.verifying_keys.clear();
