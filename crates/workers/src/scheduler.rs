@@ -51,8 +51,8 @@ pub fn default_schedules(config: &SchedulesConfig) -> Vec<(&'static str, String,
 }
 
 /// Creates or updates the default system schedules (and deletes those set to `"off"`).
-/// Re-registering an unchanged schedule keeps its next tick, so every replica may do it at
-/// start-up.
+/// An unchanged schedule is not written at all (its next tick stays), so every
+/// replica may do it at start-up.
 ///
 /// # Errors
 /// Store errors; [`crate::Error::Invalid`] for a bad expression.
@@ -64,6 +64,15 @@ pub async fn install_default_schedules(queue: &Queue, config: &SchedulesConfig) 
                 tracing::info!(schedule = name, "default schedule turned off");
             }
             continue;
+        }
+        // An unchanged schedule is not written: replicas starting together do not conflict.
+        if let Some(existing) = scheduler.get(None, name).await? {
+            if existing.expression == expression
+                && existing.time_zone == "UTC"
+                && existing.template == template
+            {
+                continue;
+            }
         }
         scheduler
             .upsert(ScheduleSpec::new(None, name, expression, template))
