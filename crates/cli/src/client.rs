@@ -236,6 +236,20 @@ pub(crate) enum AuditCmd {
     },
 }
 
+/// `text` as one URL path segment: every byte but `A-Za-z0-9-._~` percent-encoded, so a
+/// schedule named `a#b` or `../x` addresses that schedule and nothing else.
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn parse_json(flag: &str, text: &str) -> Result<Value, Failure> {
     serde_json::from_str(text).map_err(|e| Failure::Usage(format!("{flag}: not JSON: {e}")))
 }
@@ -451,6 +465,16 @@ pub(crate) async fn jobs(cmd: JobsCmd) -> Result<(), Failure> {
 }
 
 pub(crate) async fn cron(cmd: CronCmd) -> Result<(), Failure> {
+    if let CronCmd::Show { name, .. } | CronCmd::Set { name, .. } | CronCmd::Delete { name, .. } =
+        &cmd
+    {
+        // URLs resolve these as path steps, whatever their encoding.
+        if name == "." || name == ".." {
+            return Err(Failure::Usage(format!(
+                "schedule name {name:?} cannot be addressed over HTTP"
+            )));
+        }
+    }
     match cmd {
         CronCmd::List {
             remote,
@@ -464,7 +488,14 @@ pub(crate) async fn cron(cmd: CronCmd) -> Result<(), Failure> {
             call(&remote, Method::GET, "/v1/cron", &q, None).await
         }
         CronCmd::Show { remote, name } => {
-            call(&remote, Method::GET, &format!("/v1/cron/{name}"), &[], None).await
+            call(
+                &remote,
+                Method::GET,
+                &format!("/v1/cron/{}", segment(&name)),
+                &[],
+                None,
+            )
+            .await
         }
         CronCmd::Set {
             remote,
@@ -482,7 +513,7 @@ pub(crate) async fn cron(cmd: CronCmd) -> Result<(), Failure> {
             call(
                 &remote,
                 Method::PUT,
-                &format!("/v1/cron/{name}"),
+                &format!("/v1/cron/{}", segment(&name)),
                 &[],
                 Some(body),
             )
@@ -492,7 +523,7 @@ pub(crate) async fn cron(cmd: CronCmd) -> Result<(), Failure> {
             call(
                 &remote,
                 Method::DELETE,
-                &format!("/v1/cron/{name}"),
+                &format!("/v1/cron/{}", segment(&name)),
                 &[],
                 None,
             )
@@ -536,29 +567,31 @@ pub(crate) async fn audit(cmd: AuditCmd, settings: &Settings) -> Result<(), Fail
     }
 }
 
-/// Verifies a tenant's chain straight from the store. Only the chain's own hashes and the
-/// segments' public keys are needed, so the models open with throwaway secrets: nothing is
-/// written.
+/// Verifies a tenant's chain straight from the store (no server may hold it). Needs only the
+/// chain key and the segments' public keys; creates nothing: a store that does not exist is
+/// refused rather than created empty.
 async fn verify_direct(settings: &Settings, tenant: Uuid) -> Result<(), Failure> {
-    let db = crate::open_store(settings)?;
+    let dir = crate::data_dir(settings);
+    if let Some(d) = &dir {
+        if !d.is_dir() {
+            return Err(Failure::Usage(format!(
+                "--store: no embedded store at {}",
+                d.display()
+            )));
+        }
+    }
     let models_section: crate::keys::ModelsSection = settings.section("models")?;
-    let auth: crate::keys::AuthSection = settings.section("auth")?;
-    let config = match crate::keys::from_files(&auth, &models_section, false) {
-        Ok(k) => k.models,
-        Err(_) => match crate::data_dir(settings) {
-            Some(dir) => {
-                crate::keys::development(&dir.join("keys"))
-                    .map_err(Failure::Runtime)?
-                    .models
-            }
-            None => {
-                return Err(Failure::Usage(
-                    "models.audit_chain_key_file is needed to verify this store".into(),
-                ))
-            }
-        },
-    };
+    let config = crate::keys::for_verification(
+        &models_section,
+        dir.as_ref().map(|d| d.join("keys")).as_deref(),
+    )?;
+    let db = crate::open_store(settings)?;
     let models = steward_models::Models::open(db, config).await?;
+    if models.tenants().get(tenant).await?.is_none() {
+        return Err(Failure::Usage(format!(
+            "--tenant {tenant}: no such tenant in this store"
+        )));
+    }
     // A broken chain is an error naming where it breaks (exit code 1).
     let r = models.audit().verify_chain(tenant).await?;
     let report = json!({
@@ -572,4 +605,17 @@ async fn verify_direct(settings: &Settings, tenant: Uuid) -> Result<(), Failure>
         serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.to_string()))?;
     out!("{text}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn a_name_becomes_exactly_one_path_segment() {
+        assert_eq!(segment("nightly"), "nightly");
+        assert_eq!(segment("nightly#old"), "nightly%23old");
+        assert_eq!(segment("../x?y=1"), "..%2Fx%3Fy%3D1");
+        assert_eq!(segment("é"), "%C3%A9");
+    }
 }

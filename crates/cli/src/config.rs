@@ -81,6 +81,10 @@ pub(crate) struct Settings {
     /// Where it came from.
     pub(crate) store_origin: Origin,
     tables: toml::Table,
+    /// The environment's values as given, by path: a value read as a number or a boolean
+    /// (`STEWARD_LLM__OPENAI_API_KEY=123456`) is tried as the string it also is when the
+    /// setting wants a string.
+    env_raw: Vec<(Vec<String>, String)>,
 }
 
 impl Settings {
@@ -98,23 +102,96 @@ impl Settings {
         &self,
         name: &str,
     ) -> Result<T, ConfigError> {
-        match self.tables.get(name) {
-            None => Ok(T::default()),
-            Some(toml::Value::Table(table)) => {
-                // Through text, so an error shows the offending key (a value's own
-                // `try_into` names only the problem).
-                let text = toml::to_string(table)
-                    .map_err(|e| ConfigError::setting(name, e.to_string().trim_end()))?;
-                toml::from_str(&text).map_err(|e: toml::de::Error| {
-                    ConfigError::setting(name, e.to_string().trim_end().replace('\n', " "))
-                })
+        let mut table = match self.tables.get(name) {
+            None => return Ok(T::default()),
+            Some(toml::Value::Table(table)) => table.clone(),
+            Some(other) => {
+                return Err(ConfigError::setting(
+                    name,
+                    format!("must be a table, not {}", other.type_str()),
+                ))
             }
-            Some(other) => Err(ConfigError::setting(
-                name,
-                format!("must be a table, not {}", other.type_str()),
-            )),
+        };
+        // Each round turns at most one environment value back into its string.
+        for _ in 0..=self.env_raw.len() {
+            let (setting, message) = match deserialize_section::<T>(name, &table) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let env_value = self.env_raw.iter().find(|(path, _)| {
+                path[0] == name
+                    && setting.split('.').next_back() == path.last().map(String::as_str)
+                    && !matches!(
+                        lookup(&table, &path[1..]),
+                        Some(toml::Value::String(_)) | None
+                    )
+            });
+            match env_value {
+                Some((path, raw)) => set(&mut table, &path[1..], toml::Value::String(raw.clone())),
+                None => return Err(ConfigError::setting(setting, message)),
+            }
+        }
+        deserialize_section::<T>(name, &table).map_err(|(s, m)| ConfigError::setting(s, m))
+    }
+}
+
+fn lookup<'t>(table: &'t toml::Table, path: &[String]) -> Option<&'t toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(p)?.as_table()?;
+    }
+    t.get(last)
+}
+
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        match t.get_mut(p).and_then(toml::Value::as_table_mut) {
+            Some(next) => t = next,
+            None => return,
         }
     }
+    t.insert(last.clone(), value);
+}
+
+/// Deserializes one section; an error names `section.key` and hides the value.
+fn deserialize_section<T: DeserializeOwned>(
+    name: &str,
+    table: &toml::Table,
+) -> Result<T, (String, String)> {
+    // Through text, so the error's span points at the offending key.
+    let text = toml::to_string(table).map_err(|e| (name.to_string(), e.to_string()))?;
+    toml::from_str(&text).map_err(|e: toml::de::Error| {
+        // Name the key, never show the value: it may be a secret.
+        let key = e
+            .span()
+            .and_then(|span| text[..span.start].rsplit('\n').next())
+            .and_then(|line| line.split('=').next())
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        let setting = match key {
+            Some(k) => format!("{name}.{k}"),
+            None => name.to_string(),
+        };
+        (setting, hide_quoted(e.message()))
+    })
+}
+
+/// `message` with the text between double quotes replaced by `…` (serde quotes the value).
+fn hide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.trim_end().split('"').enumerate() {
+        if i % 2 == 1 {
+            out.push_str("\"…\"");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// Resolves the settings from the flag-or-environment store value clap gathered, the config
@@ -160,7 +237,7 @@ pub(crate) fn resolve_with_env(
             });
         }
     }
-    overlay_env(&mut tables, env)?;
+    let env_raw = overlay_env(&mut tables, env)?;
     let (store, store_origin) = if let Some(s) = store_flag_or_env {
         (s.to_string(), Origin::FlagOrEnv)
     } else if let (Some(s), Some(path)) = (file_store, config_file) {
@@ -178,6 +255,7 @@ pub(crate) fn resolve_with_env(
         store,
         store_origin,
         tables,
+        env_raw,
     })
 }
 
@@ -185,7 +263,8 @@ pub(crate) fn resolve_with_env(
 fn overlay_env(
     tables: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(Vec<String>, String)>, ConfigError> {
+    let mut raw_values = Vec::new();
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with("STEWARD_") && k.contains("__"))
@@ -226,8 +305,9 @@ fn overlay_env(
             };
         }
         table.insert(path[path.len() - 1].clone(), value);
+        raw_values.push((path, raw));
     }
-    Ok(())
+    Ok(raw_values)
 }
 
 /// A TOML value if the text is one (`8`, `true`, `[1, 2]`), else the text as a string.
@@ -314,6 +394,17 @@ mod tests {
     }
 
     #[test]
+    fn a_number_looking_secret_from_the_environment_stays_a_string() {
+        let env = vec![
+            ("STEWARD_WORKER__NAME".to_string(), "12345".to_string()),
+            ("STEWARD_WORKER__CONCURRENCY".to_string(), "3".to_string()),
+        ];
+        let s = resolve_with_env(None, None, env).unwrap();
+        let w: steward_workers::WorkerConfig = s.section("worker").unwrap();
+        assert_eq!((w.name.as_deref(), w.concurrency), (Some("12345"), 3));
+    }
+
+    #[test]
     fn a_wrong_type_names_the_key() {
         let env = vec![("STEWARD_WORKER__LEASE_SECS".to_string(), "soon".to_string())];
         let s = resolve_with_env(None, None, env).unwrap();
@@ -321,7 +412,8 @@ mod tests {
             .section::<steward_workers::WorkerConfig>("worker")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("lease_secs") && e.contains("soon"), "{e}");
+        assert!(e.contains("`worker.lease_secs`"), "{e}");
+        assert!(!e.contains("soon"), "the value may be a secret: {e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use steward_models::{
     FileChange, MessageRole, Models, NewConversation, NewMessage, NewTenant, NewUser,
     NewWorkspaceSession, Plan, Role, TenantKind, Visibility,
 };
-use steward_queue::{NewJob, Queue, TenantQueueConfig};
+use steward_queue::{Queue, TenantQueueConfig};
 use steward_workers::kinds::{SummarizeSessionArgs, SUMMARIZE_SESSION};
 use uuid::Uuid;
 
@@ -91,7 +91,10 @@ fn save(dir: Option<&Path>, id: &DevIdentity) -> Result<(), Failure> {
         let path = dir.join(DEV_FILE);
         let text = serde_json::to_string_pretty(id)
             .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
-        std::fs::write(&path, text)
+        // All or nothing: a crash leaves the old file or the new one, never half of one.
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
     }
     Ok(())
@@ -245,7 +248,7 @@ pub(crate) async fn load_demo(
         queue
             .enqueue(
                 tenant,
-                NewJob::new(SUMMARIZE_SESSION, args)
+                steward_workers::kinds::new_job(SUMMARIZE_SESSION, args)
                     .session(*session)
                     .idempotency_key(format!("demo-summary:{session}")),
             )

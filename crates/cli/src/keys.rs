@@ -73,7 +73,7 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-fn read_secret(setting: &str, path: &Path) -> Result<SecretKey, ConfigError> {
+pub(crate) fn read_secret(setting: &str, path: &Path) -> Result<SecretKey, ConfigError> {
     let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::setting(setting, format!("{}: {e}", path.display())))?;
     // A trailing newline from `echo`/editors is not part of the key.
@@ -178,6 +178,53 @@ pub(crate) fn from_files(
     })
 }
 
+/// What verifying a store's audit chain needs, and nothing more: the chain key (from
+/// `models.audit_chain_key_file`, else the development key in `dev_dir` if `steward dev`
+/// made one) and the segments' public keys. Nothing is created.
+///
+/// # Errors
+/// [`ConfigError::Setting`] naming what is missing or unreadable.
+pub(crate) fn for_verification(
+    models: &ModelsSection,
+    dev_dir: Option<&Path>,
+) -> Result<ModelsConfig, ConfigError> {
+    const CHAIN: &str = "models.audit_chain_key_file";
+    let dev = |file: &str| dev_dir.map(|d| d.join(file)).filter(|p| p.exists());
+    let chain_path = match (&models.audit_chain_key_file, dev(DEV_CHAIN)) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(ConfigError::setting(
+                CHAIN,
+                "is needed to verify the chain (and this store has no development key)",
+            ))
+        }
+    };
+    let chain = read_secret(CHAIN, &chain_path)?;
+    // Refresh tokens play no part in verification: a random key that is never stored.
+    let unused = SecretKey::generate().map_err(|e| ConfigError::setting(CHAIN, e))?;
+    let mut config = ModelsConfig::new(unused, chain);
+    let signing = models
+        .audit_signing_key_file
+        .clone()
+        .or_else(|| dev(DEV_AUDIT_SIGNING));
+    if let Some(path) = signing {
+        let key = steward_models::AuditSigningKey::from_file(&path)
+            .map_err(|e| ConfigError::setting("models.audit_signing_key_file", e))?;
+        config.audit.verifying_keys.push(key.verifying_key());
+    }
+    for path in &models.audit_verifying_key_files {
+        let key = steward_models::AuditVerifyingKey::from_file(path).map_err(|e| {
+            ConfigError::setting(
+                "models.audit_verifying_key_files",
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        config.audit.verifying_keys.push(key);
+    }
+    Ok(config)
+}
+
 /// The development keys in `dir` (created on first use, 0600).
 ///
 /// # Errors
@@ -261,19 +308,71 @@ fn dev_secret(path: &Path) -> Result<SecretKey, String> {
     Ok(SecretKey::new(bytes))
 }
 
+/// Writes a new secret file, 0600, all or nothing: the bytes go to a temporary file first,
+/// which is then linked under its name (failing if the name exists) and removed, so a crash
+/// never leaves an empty or half-written key.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let result = (|| {
+        let mut f = options.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_keys_are_created_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = development(dir.path()).unwrap();
+        let again = development(dir.path()).unwrap();
+        let (a, b) = (
+            first.jwt_signing.as_ref().unwrap().kid().to_string(),
+            again.jwt_signing.as_ref().unwrap().kid().to_string(),
+        );
+        assert_eq!(a, b, "the second start reuses the key");
+        for name in [DEV_JWT, DEV_REFRESH, DEV_CHAIN, DEV_AUDIT_SIGNING] {
+            let meta = std::fs::metadata(dir.path().join(name)).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+            }
+            assert!(meta.len() >= 32, "{name}");
+        }
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+        // A key file that exists is never overwritten.
+        assert!(write_private(&dir.path().join(DEV_REFRESH), b"x").is_err());
+    }
+
+    #[test]
+    fn a_short_secret_file_is_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, b"short\n").unwrap();
+        let e = read_secret("models.refresh_token_key_file", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("models.refresh_token_key_file") && e.contains("32"), "{e}");
+    }
 }

@@ -10,7 +10,7 @@ use steward_models::Models;
 use steward_queue::{Queue, QueueConfig};
 use steward_store::Database;
 use steward_workers::handlers::{builtin_registry, Services};
-use steward_workers::metrics::{run_depth_reporter, serve_probes, Readiness};
+use steward_workers::metrics::{run_depth_reporter, Readiness};
 use steward_workers::scheduler::{install_default_schedules, run_scheduler};
 use steward_workers::{Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -102,6 +102,7 @@ pub(crate) fn llm_client(settings: &Settings) -> Result<Option<Arc<LlmClient>>, 
     }
     let setting = |e: steward_workers::llm::LlmError| match e {
         steward_workers::llm::LlmError::Config { field, message } => {
+            let field = field.trim_start_matches("llm.");
             Failure::Config(ConfigError::setting(format!("llm.{field}"), message))
         }
         other => Failure::Runtime(format!("LLM client: {other}")),
@@ -135,21 +136,27 @@ pub(crate) async fn run_worker(
     let worker = Worker::new(core.queue.clone(), Arc::new(registry), config)?
         .with_readiness(readiness.clone());
     let mut background = tokio::task::JoinSet::new();
+    let (mut probes_stop, mut probes_task) = (None, None);
     if probes && !metrics_addr.is_empty() {
         // Bind before starting work, so a taken port is an error at start-up.
         let listener = tokio::net::TcpListener::bind(&metrics_addr)
             .await
             .map_err(|e| Failure::Usage(format!("--metrics-addr {metrics_addr}: {e}")))?;
         let router = steward_workers::metrics::probe_router(core.db.clone(), readiness.clone());
-        let stop = shutdown.wait();
-        background.spawn(async move {
+        // The probes outlive the drain: /readyz answers 503 and /metrics keeps being scraped
+        // until the worker has stopped, then the listener closes.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        probes_stop = Some(tx);
+        probes_task = Some(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
                 .await
             {
                 tracing::error!(error = %e, "metrics listener failed");
             }
-        });
+        }));
         eprintln!("steward: metrics, /healthz and /readyz on http://{metrics_addr}");
     }
     if scheduler {
@@ -165,6 +172,10 @@ pub(crate) async fn run_worker(
     let stats = worker.run(shutdown.wait()).await?;
     // The background loops stop on the same signal.
     while background.join_next().await.is_some() {}
+    if let (Some(stop), Some(task)) = (probes_stop, probes_task) {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     Ok(stats)
 }
 
@@ -180,9 +191,17 @@ pub(crate) async fn run_scheduler_only(
         None
     } else {
         let addr = config.metrics_addr.clone();
-        let (db, r, stop) = (core.db.clone(), readiness.clone(), shutdown.wait());
+        // Bind first: a taken port is an error at start-up, as for the worker.
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Failure::Usage(format!("--metrics-addr {addr}: {e}")))?;
+        let router = steward_workers::metrics::probe_router(core.db.clone(), readiness.clone());
+        let stop = shutdown.wait();
         Some(tokio::spawn(async move {
-            if let Err(e) = serve_probes(&addr, db, r, stop).await {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         }))
@@ -203,6 +222,7 @@ pub(crate) fn registry(
     let summarize: steward_workers::summarize::SummarizeConfig = settings.section("summarize")?;
     summarize.validate().map_err(|e| match e {
         steward_workers::summarize::SummarizeError::Config { field, message } => {
+            let field = field.trim_start_matches("summarize.");
             Failure::Config(ConfigError::setting(format!("summarize.{field}"), message))
         }
         other => Failure::Runtime(other.to_string()),

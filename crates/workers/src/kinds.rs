@@ -11,7 +11,10 @@
 //! | `prune_jobs` | [`TenantMaintenanceArgs`] | [`PruneJobsResult`] |
 //! | `steward.cron_fanout` | (the queue's) | [`FanOutResult`] |
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+use steward_queue::NewJob;
 use uuid::Uuid;
 
 /// Summarize one workspace session (incrementally).
@@ -49,6 +52,47 @@ pub const ENQUEUEABLE: &[&str] = &[
     SUMMARIZE_IDLE_SESSIONS,
     PRUNE_JOBS,
 ];
+
+/// A built-in kind's defaults for the jobs made of it: the per-attempt timeout and attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindDefaults {
+    /// The per-attempt timeout.
+    pub timeout: Duration,
+    /// Attempts before the job is dead.
+    pub max_attempts: u32,
+}
+
+/// The defaults of a built-in kind (`None` for any other kind). The handlers declare the same
+/// values, and every built-in job is made through [`new_job`], so a job enqueued by the API,
+/// the scheduler or another handler gets them.
+#[must_use]
+pub fn defaults(kind: &str) -> Option<KindDefaults> {
+    let (secs, max_attempts) = match kind {
+        // LLM calls with retries and Retry-After waits: the summarizer's LLM deadline (5 min by
+        // default) plus reading and writing must fit.
+        SUMMARIZE_SESSION => (600, 5),
+        // An agent waits for it: fail fast and let it ask again.
+        BUILD_CROSS_SESSION_CONTEXT => (60, 3),
+        EXPIRE_AUTH_TOKENS | SUMMARIZE_IDLE_SESSIONS | PRUNE_JOBS => (300, 5),
+        COMPACT_AUDIT_LOG => (1800, 5),
+        CRON_FANOUT => (600, 5),
+        _ => return None,
+    };
+    Some(KindDefaults {
+        timeout: Duration::from_secs(secs),
+        max_attempts,
+    })
+}
+
+/// A job of `kind` with its [`defaults`] (a plain [`NewJob::new`] for other kinds).
+#[must_use]
+pub fn new_job(kind: &str, args: serde_json::Value) -> NewJob {
+    let job = NewJob::new(kind, args);
+    match defaults(kind) {
+        Some(d) => job.timeout(d.timeout).max_attempts(d.max_attempts),
+        None => job,
+    }
+}
 
 /// Arguments of [`SUMMARIZE_SESSION`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

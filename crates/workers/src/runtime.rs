@@ -304,6 +304,9 @@ impl Attempt {
         let mut stop = self.stop.clone();
         let ending = loop {
             tokio::select! {
+                // A result that is ready wins over a deadline, a heartbeat or a stop that is
+                // ready at the same time: it must not be thrown away and run again.
+                biased;
                 joined = &mut handle => break match joined {
                     Ok(result) => Ending::Returned(result),
                     Err(e) if e.is_panic() => Ending::Panicked(panic_message(e.into_panic())),
@@ -314,7 +317,15 @@ impl Attempt {
                         Ok(hb) if hb.cancel_requested => break Ending::CancelRequested,
                         Ok(hb) => self.lease.expires_at = hb.expires_at,
                         Err(steward_queue::Error::LeaseLost { .. }) => break Ending::LeaseLost,
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat"),
+                        Err(e) => {
+                            // Past the lease end another worker may have taken the job: stop
+                            // rather than run beside it.
+                            if self.queue.db().clock().now_micros() >= self.lease.expires_at {
+                                tracing::warn!(error = %e, "heartbeats failed until the lease ended; stopping");
+                                break Ending::LeaseLost;
+                            }
+                            tracing::warn!(error = %e, "heartbeat failed; retrying at the next beat");
+                        }
                     }
                 }
                 () = &mut deadline => break Ending::TimedOut(timeout),

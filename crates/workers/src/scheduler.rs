@@ -30,22 +30,22 @@ pub fn default_schedules(config: &SchedulesConfig) -> Vec<(&'static str, String,
         (
             kinds::EXPIRE_AUTH_TOKENS,
             config.expire_auth_tokens.clone(),
-            NewJob::new(kinds::EXPIRE_AUTH_TOKENS, maintenance()),
+            kinds::new_job(kinds::EXPIRE_AUTH_TOKENS, maintenance()),
         ),
         (
             kinds::COMPACT_AUDIT_LOG,
             config.compact_audit_log.clone(),
-            NewJob::new(kinds::COMPACT_AUDIT_LOG, maintenance()),
+            kinds::new_job(kinds::COMPACT_AUDIT_LOG, maintenance()),
         ),
         (
             kinds::SUMMARIZE_IDLE_SESSIONS,
             config.summarize_idle_sessions.clone(),
-            NewJob::new(kinds::SUMMARIZE_IDLE_SESSIONS, idle),
+            kinds::new_job(kinds::SUMMARIZE_IDLE_SESSIONS, idle),
         ),
         (
             kinds::PRUNE_JOBS,
             config.prune_jobs.clone(),
-            NewJob::new(kinds::PRUNE_JOBS, maintenance()),
+            kinds::new_job(kinds::PRUNE_JOBS, maintenance()),
         ),
     ]
 }

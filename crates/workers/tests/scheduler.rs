@@ -48,6 +48,21 @@ async fn defaults_are_installed_once_and_follow_the_configuration() {
             "summarize_idle_sessions"
         ]
     );
+    // Each schedule's jobs carry their kind's timeout and attempts, not the queue's defaults.
+    for c in &first {
+        let d = steward_workers::kinds::defaults(&c.template.kind).unwrap();
+        assert_eq!(
+            (c.template.timeout, c.template.max_attempts),
+            (d.timeout, d.max_attempts),
+            "{}",
+            c.name
+        );
+    }
+    let compact = first
+        .iter()
+        .find(|c| c.name == "compact_audit_log")
+        .unwrap();
+    assert_eq!(compact.template.timeout, Duration::from_secs(1800));
     // A restart later (same configuration) changes nothing, not even the next ticks.
     clock.advance(Duration::from_secs(3600 * 5));
     install_default_schedules(&queue, &SchedulesConfig::default())

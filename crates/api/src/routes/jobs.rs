@@ -222,7 +222,8 @@ pub(crate) fn new_job(state: &AppState, req: EnqueueRequest, prefix: &str) -> Ap
         )
         .field(f("args")));
     }
-    let mut job = NewJob::new(req.kind, args);
+    // A built-in kind gets its own timeout and attempts unless the request sets them.
+    let mut job = steward_workers::kinds::new_job(&req.kind, args);
     if let Some(p) = req.priority {
         job = job.priority(p);
     }

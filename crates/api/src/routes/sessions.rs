@@ -13,7 +13,7 @@ use steward_models::{
     FileChange, MessageRole, NewConversation, NewMessage, NewWorkspaceSession, ToolCall,
     ToolResult, Visibility, WorkspaceSession,
 };
-use steward_queue::{JobState, NewJob};
+use steward_queue::JobState;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -544,7 +544,7 @@ pub(crate) async fn advice(
     let e = queue
         .enqueue(
             p.tenant,
-            NewJob::new(BUILD_CROSS_SESSION_CONTEXT, args).session(s.id),
+            steward_workers::kinds::new_job(BUILD_CROSS_SESSION_CONTEXT, args).session(s.id),
         )
         .await?;
     let job = queue

@@ -54,7 +54,11 @@ impl Handler for CronFanOut {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs(600)
+        super::default_timeout(self.kind())
+    }
+
+    fn max_attempts(&self) -> u32 {
+        super::default_attempts(self.kind())
     }
 
     async fn run(&self, ctx: JobContext, a: FanOutArgs) -> Result<FanOutResult, JobError> {
@@ -183,7 +187,7 @@ impl Handler for SummarizeIdleSessions {
                     session_id: session.id,
                 })
                 .map_err(JobError::fail)?;
-                let job = NewJob::new(kinds::SUMMARIZE_SESSION, args)
+                let job = kinds::new_job(kinds::SUMMARIZE_SESSION, args)
                     .session(session.id)
                     .idempotency_key(format!(
                         "idle-summary:{}:{}",
@@ -283,7 +287,11 @@ impl Handler for CompactAuditLog {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs(1800)
+        super::default_timeout(self.kind())
+    }
+
+    fn max_attempts(&self) -> u32 {
+        super::default_attempts(self.kind())
     }
 
     async fn run(

@@ -45,8 +45,11 @@ impl Handler for SummarizeSession {
     }
 
     fn timeout(&self) -> Duration {
-        // LLM calls with retries and Retry-After waits.
-        Duration::from_secs(600)
+        super::default_timeout(self.kind())
+    }
+
+    fn max_attempts(&self) -> u32 {
+        super::default_attempts(self.kind())
     }
 
     async fn run(&self, ctx: JobContext, a: SummarizeSessionArgs) -> Result<Value, JobError> {
@@ -115,11 +118,11 @@ impl Handler for BuildCrossSessionContext {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs(60)
+        super::default_timeout(self.kind())
     }
 
     fn max_attempts(&self) -> u32 {
-        3
+        super::default_attempts(self.kind())
     }
 
     async fn run(&self, ctx: JobContext, req: ContextRequest) -> Result<ContextResult, JobError> {
