@@ -373,6 +373,9 @@ mod tests {
         let e = read_secret("models.refresh_token_key_file", &path)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("models.refresh_token_key_file") && e.contains("32"), "{e}");
+        assert!(
+            e.contains("models.refresh_token_key_file") && e.contains("32"),
+            "{e}"
+        );
     }
 }
