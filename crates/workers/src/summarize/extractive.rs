@@ -1,6 +1,8 @@
 //! The deterministic summary used without an LLM: the user's requests, the files tool calls
-//! changed, failed terminal commands (and those fixed later), and the last state, merged into
-//! the previous summary. Same input, same output.
+//! changed, failed terminal commands (and those fixed later), decisions and the next step that
+//! messages state explicitly (a line starting with "Decision:", "Decided:", "We decided",
+//! "Next step:"), and the last state, merged into the previous summary. Same input, same
+//! output.
 
 use steward_models::{
     FileChangeItem, MessagePosition, MessageRole, StructuredSummary, SummaryItem, MAX_ITEM_SOURCES,
@@ -40,6 +42,22 @@ fn failing(cmd: &str, code: i32) -> String {
 fn is_failing_todo(text: &str, cmd: &str) -> bool {
     let prefix = clip(&format!("`{cmd}` fails"), ITEM_BYTES);
     text.starts_with(prefix.trim_end_matches('…'))
+}
+
+/// Line starts (lower case) that state a decision outright.
+const DECISION_MARKERS: [&str; 4] = ["decision:", "decided:", "decision reversed", "we decided"];
+/// Line start (lower case) that states the next step.
+const NEXT_STEP_MARKER: &str = "next step:";
+
+/// The lines of `text` that start with one of `markers` (case-insensitive), trimmed.
+fn marked_lines<'t>(text: &'t str, markers: &[&str]) -> Vec<&'t str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let lower = l.to_lowercase();
+            markers.iter().any(|m| lower.starts_with(m))
+        })
+        .collect()
 }
 
 fn keep_last<T>(v: &mut Vec<T>, n: usize) {
@@ -151,6 +169,18 @@ pub(crate) fn summarize(prev: Option<&StructuredSummary>, input: &Input) -> Stru
         }
     }
 
+    // Decisions and the next step, where a message states them outright.
+    for m in &input.messages {
+        for line in marked_lines(&m.text, &DECISION_MARKERS) {
+            if !s.decisions.iter().any(|d| d.text == clip(line, ITEM_BYTES)) {
+                s.decisions.push(item(line, vec![m.position]));
+            }
+        }
+        if let Some(line) = marked_lines(&m.text, &[NEXT_STEP_MARKER]).last() {
+            s.next_step = Some(item(line, vec![m.position]));
+        }
+    }
+
     // The last state: the last assistant message's first line, or the last command.
     if let Some(m) = input
         .messages
@@ -174,4 +204,63 @@ pub(crate) fn summarize(prev: Option<&StructuredSummary>, input: &Input) -> Stru
     }
     keep_last(&mut s.changes, MAX_SUMMARY_ITEMS);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::summarize::input::InputMessage;
+
+    fn message(n: u8, role: MessageRole, text: &str) -> InputMessage {
+        let mut pos = [0u8; 12];
+        pos[11] = n;
+        let hex: String = pos.iter().map(|b| format!("{b:02x}")).collect();
+        InputMessage {
+            label: format!("m{n}"),
+            position: MessagePosition::parse("position", &hex).unwrap(),
+            role,
+            text: text.into(),
+            tool_calls: Vec::new(),
+            tool_results: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn stated_decisions_and_the_next_step_are_kept_with_their_message() {
+        let input = Input {
+            messages: vec![
+                message(1, MessageRole::User, "Which database?"),
+                message(
+                    2,
+                    MessageRole::Assistant,
+                    "Looked at options.\nDecision: use PostgreSQL for the ledger.\nNext step: write migrations.",
+                ),
+                message(3, MessageRole::Assistant, "We decided against Redis here."),
+                message(4, MessageRole::Assistant, "Our decision process was slow."),
+            ],
+            commands: Vec::new(),
+            labels: BTreeMap::new(),
+            label_of: BTreeMap::new(),
+            bytes: 0,
+        };
+        let s = summarize(None, &input);
+        let texts: Vec<&str> = s.decisions.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Decision: use PostgreSQL for the ledger.",
+                "We decided against Redis here."
+            ]
+        );
+        assert_eq!(s.decisions[0].sources, vec![input.messages[1].position]);
+        assert_eq!(
+            s.next_step.as_ref().map(|n| n.text.as_str()),
+            Some("Next step: write migrations.")
+        );
+        // Summarizing the same input on top of itself adds no duplicate decision.
+        let again = summarize(Some(&s), &input);
+        assert_eq!(again.decisions.len(), 2);
+    }
 }
