@@ -12,6 +12,8 @@
 //! | `steward_queue_depth` | gauge | `tenant`, `state` (queued, scheduled, running) |
 //! | `steward_claim_errors_total` | counter | |
 //! | `steward_cron_ticks_total` | counter | `outcome` |
+//! | `steward_llm_tokens_total` | counter | `provider`, `direction` (input, output); per tenant in the store (`WorkspaceSessions::llm_usage`) |
+//! | `steward_summaries_total` | counter | `method` (llm, extractive) |
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +38,8 @@ pub(crate) const LEASES_LOST: &str = "steward_leases_lost_total";
 pub(crate) const QUEUE_DEPTH: &str = "steward_queue_depth";
 pub(crate) const CLAIM_ERRORS: &str = "steward_claim_errors_total";
 pub(crate) const CRON_TICKS: &str = "steward_cron_ticks_total";
+pub(crate) const LLM_TOKENS: &str = "steward_llm_tokens_total";
+pub(crate) const SUMMARIES: &str = "steward_summaries_total";
 
 /// Histogram buckets in seconds: 1 ms to 15 min.
 const BUCKETS: &[f64] = &[

@@ -73,6 +73,15 @@ impl Handler for SummarizeSession {
             }
             SummarizeOutcome::Superseded(_) => json!({"outcome": "superseded"}),
             SummarizeOutcome::Summarized(r) => {
+                if let Some(llm) = &self.llm {
+                    let provider = llm.provider().as_str();
+                    metrics::counter!(crate::metrics::LLM_TOKENS, "provider" => provider, "direction" => "input")
+                        .increment(r.input_tokens);
+                    metrics::counter!(crate::metrics::LLM_TOKENS, "provider" => provider, "direction" => "output")
+                        .increment(r.output_tokens);
+                }
+                metrics::counter!(crate::metrics::SUMMARIES, "method" => format!("{:?}", r.method).to_lowercase())
+                    .increment(1);
                 if r.more {
                     return Err(JobError::Snooze {
                         after: MORE_INPUT_PAUSE,
