@@ -258,9 +258,11 @@ async fn call(
     remote: &Remote,
     method: Method,
     path: &str,
-    query: &[(&str, String)],
+    query: &[Option<(&str, String)>],
     body: Option<Value>,
 ) -> Result<(), Failure> {
+    // Unset optional parameters are left out of the query string.
+    let query: Vec<&(&str, String)> = query.iter().flatten().collect();
     let url = format!("{}{path}", remote.url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
@@ -269,7 +271,7 @@ async fn call(
     let mut req = client
         .request(method, &url)
         .bearer_auth(&remote.token)
-        .query(query);
+        .query(&query);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -309,10 +311,7 @@ pub(crate) async fn tenant(cmd: TenantCmd) -> Result<(), Failure> {
             after,
             limit,
         } => {
-            let q: Vec<_> = [opt("after", after), opt("limit", Some(limit))]
-                .into_iter()
-                .flatten()
-                .collect();
+            let q = [opt("after", after), opt("limit", Some(limit))];
             call(&remote, Method::GET, "/v1/operator/tenants", &q, None).await
         }
         TenantCmd::Create {
@@ -402,16 +401,13 @@ pub(crate) async fn jobs(cmd: JobsCmd) -> Result<(), Failure> {
             limit,
             cursor,
         } => {
-            let q: Vec<_> = [
+            let q = [
                 opt("state", state),
                 opt("kind", kind),
                 opt("session", session),
                 opt("limit", Some(limit)),
                 opt("cursor", cursor),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
+            ];
             call(&remote, Method::GET, "/v1/jobs", &q, None).await
         }
         JobsCmd::Show { remote, id } => {
@@ -481,10 +477,7 @@ pub(crate) async fn cron(cmd: CronCmd) -> Result<(), Failure> {
             after,
             limit,
         } => {
-            let q: Vec<_> = [opt("after", after), opt("limit", Some(limit))]
-                .into_iter()
-                .flatten()
-                .collect();
+            let q = [opt("after", after), opt("limit", Some(limit))];
             call(&remote, Method::GET, "/v1/cron", &q, None).await
         }
         CronCmd::Show { remote, name } => {
@@ -558,10 +551,7 @@ pub(crate) async fn audit(cmd: AuditCmd, settings: &Settings) -> Result<(), Fail
             from_seq,
             limit,
         } => {
-            let q: Vec<_> = [opt("from_seq", from_seq), opt("limit", Some(limit))]
-                .into_iter()
-                .flatten()
-                .collect();
+            let q = [opt("from_seq", from_seq), opt("limit", Some(limit))];
             call(&remote, Method::GET, "/v1/audit/events", &q, None).await
         }
     }

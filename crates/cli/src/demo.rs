@@ -8,7 +8,7 @@ use steward_models::{
     FileChange, MessageRole, Models, NewConversation, NewMessage, NewTenant, NewUser,
     NewWorkspaceSession, Plan, Role, TenantKind, Visibility,
 };
-use steward_queue::{Queue, TenantQueueConfig};
+use steward_queue::Queue;
 use steward_workers::kinds::{SummarizeSessionArgs, SUMMARIZE_SESSION};
 use uuid::Uuid;
 
@@ -62,12 +62,7 @@ pub(crate) async fn ensure_dev_tenant(
     queue
         .set_tenant_config(
             tenant.id,
-            &TenantQueueConfig {
-                weight: tenant.limits.queue_weight,
-                max_running: Some(tenant.limits.max_running),
-                max_queued: Some(u64::from(tenant.limits.max_queued)),
-                ..TenantQueueConfig::default()
-            },
+            &steward_workers::tenancy::queue_config(&tenant.limits),
         )
         .await?;
     let user = models

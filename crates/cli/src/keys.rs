@@ -99,6 +99,29 @@ fn read_text(setting: &str, path: &Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::setting(setting, format!("{}: {e}", path.display())))
 }
 
+fn audit_signing_key(path: &Path) -> Result<steward_models::AuditSigningKey, ConfigError> {
+    steward_models::AuditSigningKey::from_file(path)
+        .map_err(|e| ConfigError::setting("models.audit_signing_key_file", e))
+}
+
+/// The public keys of `models.audit_verifying_key_files` (retired audit signing keys).
+fn retired_audit_keys(
+    models: &ModelsSection,
+) -> Result<Vec<steward_models::AuditVerifyingKey>, ConfigError> {
+    models
+        .audit_verifying_key_files
+        .iter()
+        .map(|path| {
+            steward_models::AuditVerifyingKey::from_file(path).map_err(|e| {
+                ConfigError::setting(
+                    "models.audit_verifying_key_files",
+                    format!("{}: {e}", path.display()),
+                )
+            })
+        })
+        .collect()
+}
+
 fn required<'a>(setting: &str, value: &'a Option<PathBuf>) -> Result<&'a Path, ConfigError> {
     value.as_deref().ok_or_else(|| {
         let env = format!(
@@ -134,19 +157,12 @@ pub(crate) fn from_files(
     )?;
     let mut config = ModelsConfig::new(refresh, chain);
     if let Some(path) = &models.audit_signing_key_file {
-        let key = steward_models::AuditSigningKey::from_file(path)
-            .map_err(|e| ConfigError::setting("models.audit_signing_key_file", e))?;
-        config.audit = config.audit.with_signing_key(key);
+        config.audit = config.audit.with_signing_key(audit_signing_key(path)?);
     }
-    for path in &models.audit_verifying_key_files {
-        let key = steward_models::AuditVerifyingKey::from_file(path).map_err(|e| {
-            ConfigError::setting(
-                "models.audit_verifying_key_files",
-                format!("{}: {e}", path.display()),
-            )
-        })?;
-        config.audit.verifying_keys.push(key);
-    }
+    config
+        .audit
+        .verifying_keys
+        .extend(retired_audit_keys(models)?);
     let (jwt_signing, jwt_verify) = if need_jwt {
         let signing = match &auth.jwt_signing_key_file {
             Some(path) => Some(
@@ -209,19 +225,15 @@ pub(crate) fn for_verification(
         .clone()
         .or_else(|| dev(DEV_AUDIT_SIGNING));
     if let Some(path) = signing {
-        let key = steward_models::AuditSigningKey::from_file(&path)
-            .map_err(|e| ConfigError::setting("models.audit_signing_key_file", e))?;
-        config.audit.verifying_keys.push(key.verifying_key());
+        config
+            .audit
+            .verifying_keys
+            .push(audit_signing_key(&path)?.verifying_key());
     }
-    for path in &models.audit_verifying_key_files {
-        let key = steward_models::AuditVerifyingKey::from_file(path).map_err(|e| {
-            ConfigError::setting(
-                "models.audit_verifying_key_files",
-                format!("{}: {e}", path.display()),
-            )
-        })?;
-        config.audit.verifying_keys.push(key);
-    }
+    config
+        .audit
+        .verifying_keys
+        .extend(retired_audit_keys(models)?);
     Ok(config)
 }
 

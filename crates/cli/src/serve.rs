@@ -10,7 +10,7 @@ use steward_models::Models;
 use steward_queue::{Queue, QueueConfig};
 use steward_store::Database;
 use steward_workers::handlers::{builtin_registry, Services};
-use steward_workers::metrics::{run_depth_reporter, Readiness};
+use steward_workers::metrics::{run_depth_reporter, spawn_probes, Readiness};
 use steward_workers::scheduler::{install_default_schedules, run_scheduler};
 use steward_workers::{Worker, WorkerConfig};
 use tokio::sync::watch;
@@ -136,29 +136,13 @@ pub(crate) async fn run_worker(
     let worker = Worker::new(core.queue.clone(), Arc::new(registry), config)?
         .with_readiness(readiness.clone());
     let mut background = tokio::task::JoinSet::new();
-    let (mut probes_stop, mut probes_task) = (None, None);
-    if probes && !metrics_addr.is_empty() {
-        // Bind before starting work, so a taken port is an error at start-up.
-        let listener = tokio::net::TcpListener::bind(&metrics_addr)
-            .await
-            .map_err(|e| Failure::Usage(format!("--metrics-addr {metrics_addr}: {e}")))?;
-        let router = steward_workers::metrics::probe_router(core.db.clone(), readiness.clone());
-        // The probes outlive the drain: /readyz answers 503 and /metrics keeps being scraped
-        // until the worker has stopped, then the listener closes.
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        probes_stop = Some(tx);
-        probes_task = Some(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        }));
-        eprintln!("steward: metrics, /healthz and /readyz on http://{metrics_addr}");
-    }
+    // The probes outlive the drain: /readyz answers 503 and /metrics keeps being scraped until
+    // the worker has stopped, then the listener closes.
+    let probes = if probes {
+        Probes::open(core, &metrics_addr, &readiness).await?
+    } else {
+        None
+    };
     if scheduler {
         background.spawn(run_scheduler(core.queue.clone(), shutdown.wait()));
     }
@@ -172,11 +156,45 @@ pub(crate) async fn run_worker(
     let stats = worker.run(shutdown.wait()).await?;
     // The background loops stop on the same signal.
     while background.join_next().await.is_some() {}
-    if let (Some(stop), Some(task)) = (probes_stop, probes_task) {
-        let _ = stop.send(());
-        let _ = task.await;
+    if let Some(p) = probes {
+        p.close().await;
     }
     Ok(stats)
+}
+
+/// A process's probe listener (`/healthz`, `/readyz`, `/metrics`): bound at start-up (a taken
+/// port is an error then), closed by [`Probes::close`] once the process has drained.
+struct Probes {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Probes {
+    /// Serves the probes on `addr`; `None` if it is empty.
+    async fn open(
+        core: &Core,
+        addr: &str,
+        readiness: &Readiness,
+    ) -> Result<Option<Probes>, Failure> {
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = spawn_probes(addr, core.db.clone(), readiness.clone(), async {
+            // An error means the sender is gone: close as well.
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| Failure::Usage(format!("--metrics-addr: {e}")))?;
+        eprintln!("steward: metrics, /healthz and /readyz on http://{addr}");
+        Ok(Some(Probes { stop, task }))
+    }
+
+    async fn close(self) {
+        // Ignored errors: the listener already stopped (and logged why).
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// `steward scheduler`: the cron loop only (and its probes).
@@ -187,29 +205,11 @@ pub(crate) async fn run_scheduler_only(
 ) -> Result<(), Failure> {
     install_default_schedules(&core.queue, &config.schedules).await?;
     let readiness = Readiness::default();
-    let probes = if config.metrics_addr.is_empty() {
-        None
-    } else {
-        let addr = config.metrics_addr.clone();
-        // Bind first: a taken port is an error at start-up, as for the worker.
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| Failure::Usage(format!("--metrics-addr {addr}: {e}")))?;
-        let router = steward_workers::metrics::probe_router(core.db.clone(), readiness.clone());
-        let stop = shutdown.wait();
-        Some(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        }))
-    };
+    let probes = Probes::open(core, &config.metrics_addr, &readiness).await?;
     run_scheduler(core.queue.clone(), shutdown.wait()).await;
     readiness.shutting_down();
     if let Some(p) = probes {
-        let _ = p.await;
+        p.close().await;
     }
     Ok(())
 }

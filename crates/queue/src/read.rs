@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use steward_store::{decode_counter, RangeOption, Transaction};
+use steward_store::{RangeOption, Transaction};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::job::{Job, JobState};
 use crate::keys::{self, TenantKeys, ALL_KINDS, WAKE_SHARDS};
-use crate::queue::{load, read_tenant_config, Queue};
+use crate::queue::{load, read_tenant_config, sum_counters, Queue};
 
 /// Most jobs in one page.
 pub const MAX_PAGE: usize = 500;
@@ -267,13 +267,7 @@ async fn list_in(
 async fn counts_in(tx: &Transaction, keys: &TenantKeys) -> Result<BTreeMap<JobState, i64>> {
     let mut out = BTreeMap::new();
     for state in JobState::ALL {
-        let shards = tx.get_range(&keys.counters(state).snapshot()).await?;
-        let n: i64 = shards
-            .kvs
-            .iter()
-            .map(|kv| decode_counter(Some(&kv.value)))
-            .sum();
-        out.insert(state, n);
+        out.insert(state, sum_counters(tx, &keys.counters(state)).await?);
     }
     Ok(out)
 }

@@ -149,14 +149,16 @@ pub trait Handler: Send + Sync + 'static {
     /// The stable kind string (the queue's `kind`); never a Rust type name.
     fn kind(&self) -> &'static str;
 
-    /// The per-attempt timeout for jobs enqueued through [`Registry::new_job`].
+    /// The per-attempt timeout for jobs enqueued through [`Registry::new_job`]: a built-in
+    /// kind's from [`crate::kinds::defaults`], else the queue's default.
     fn timeout(&self) -> Duration {
-        DEFAULT_TIMEOUT
+        crate::kinds::defaults(self.kind()).map_or(DEFAULT_TIMEOUT, |d| d.timeout)
     }
 
-    /// Attempts for jobs enqueued through [`Registry::new_job`].
+    /// Attempts for jobs enqueued through [`Registry::new_job`]: a built-in kind's from
+    /// [`crate::kinds::defaults`], else the queue's default.
     fn max_attempts(&self) -> u32 {
-        DEFAULT_MAX_ATTEMPTS
+        crate::kinds::defaults(self.kind()).map_or(DEFAULT_MAX_ATTEMPTS, |d| d.max_attempts)
     }
 
     /// The backoff between attempts; `None`: the queue's policy.

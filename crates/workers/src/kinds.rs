@@ -62,9 +62,9 @@ pub struct KindDefaults {
     pub max_attempts: u32,
 }
 
-/// The defaults of a built-in kind (`None` for any other kind). The handlers declare the same
-/// values, and every built-in job is made through [`new_job`], so a job enqueued by the API,
-/// the scheduler or another handler gets them.
+/// The defaults of a built-in kind (`None` for any other kind). [`crate::Handler`]'s default
+/// `timeout` and `max_attempts` read this table, and every built-in job is made through
+/// [`new_job`], so a job enqueued by the API, the scheduler or another handler gets them.
 #[must_use]
 pub fn defaults(kind: &str) -> Option<KindDefaults> {
     let (secs, max_attempts) = match kind {

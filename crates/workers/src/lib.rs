@@ -14,6 +14,7 @@
 //!   them); [`handlers`]: the built-in handlers over `steward-models`.
 //! - [`metrics`]: Prometheus metrics and the `/healthz`, `/readyz`, `/metrics` listener.
 //! - [`config`]: [`WorkerConfig`] with its defaults and `validate()`.
+//! - [`tenancy`]: the queue settings a tenant's plan implies (used by the API and the CLI).
 //!
 //! # Must not touch
 //! No HTTP API (that is `steward-api`; the only listener here is the metrics one); no raw
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
 pub mod summarize;
+pub mod tenancy;
 
 pub use crate::config::{SchedulesConfig, WorkerConfig};
 pub use crate::error::{Error, Result};

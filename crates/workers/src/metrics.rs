@@ -165,16 +165,17 @@ async fn render() -> impl IntoResponse {
     )
 }
 
-/// Serves [`probe_router`] on `addr` until `shutdown` resolves.
+/// Binds `addr` now (so a taken port is an error at start-up) and serves [`probe_router`] on
+/// it in a task until `shutdown` resolves.
 ///
 /// # Errors
 /// [`Error::Listener`] if the address cannot be bound.
-pub async fn serve_probes(
+pub async fn spawn_probes(
     addr: &str,
     db: Database,
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listener {
@@ -182,13 +183,15 @@ pub async fn serve_probes(
             source,
         })?;
     tracing::info!(addr = %addr, "metrics listener");
-    axum::serve(listener, probe_router(db, readiness))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Listener {
-            addr: addr.to_string(),
-            source,
-        })
+    let router = probe_router(db, readiness);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    }))
 }
 
 /// Sets `steward_queue_depth{tenant, state}` for up to `max_tenants` tenants of the directory

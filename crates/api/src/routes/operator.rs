@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use steward_models::{NewAuditEvent, NewTenant, NewUser, Plan, PlanLimits, Role, TenantKind};
-use steward_queue::TenantQueueConfig;
+use steward_workers::tenancy::queue_config;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -25,16 +25,6 @@ fn require_operator(p: &Principal) -> ApiResult<()> {
         Err(ApiError::forbidden(
             "this needs the operator role of the system tenant",
         ))
-    }
-}
-
-/// The queue settings a tenant's plan limits imply.
-pub(crate) fn queue_config(limits: &PlanLimits) -> TenantQueueConfig {
-    TenantQueueConfig {
-        weight: limits.queue_weight,
-        max_running: Some(limits.max_running),
-        max_queued: Some(u64::from(limits.max_queued)),
-        max_queued_bytes: None,
     }
 }
 

@@ -53,14 +53,6 @@ impl Handler for CronFanOut {
         kinds::CRON_FANOUT
     }
 
-    fn timeout(&self) -> Duration {
-        super::default_timeout(self.kind())
-    }
-
-    fn max_attempts(&self) -> u32 {
-        super::default_attempts(self.kind())
-    }
-
     async fn run(&self, ctx: JobContext, a: FanOutArgs) -> Result<FanOutResult, JobError> {
         if ctx.tenant != SYSTEM_TENANT {
             return Err(JobError::fail("a fan-out runs only in the system tenant"));
@@ -284,14 +276,6 @@ impl Handler for CompactAuditLog {
 
     fn kind(&self) -> &'static str {
         kinds::COMPACT_AUDIT_LOG
-    }
-
-    fn timeout(&self) -> Duration {
-        super::default_timeout(self.kind())
-    }
-
-    fn max_attempts(&self) -> u32 {
-        super::default_attempts(self.kind())
     }
 
     async fn run(

@@ -51,16 +51,6 @@ pub fn builtin_registry(services: &Services) -> Result<Registry> {
     Ok(r)
 }
 
-/// A built-in kind's timeout (see [`crate::kinds::defaults`]).
-pub(crate) fn default_timeout(kind: &str) -> std::time::Duration {
-    crate::kinds::defaults(kind).map_or(steward_queue::DEFAULT_TIMEOUT, |d| d.timeout)
-}
-
-/// A built-in kind's attempts (see [`crate::kinds::defaults`]).
-pub(crate) fn default_attempts(kind: &str) -> u32 {
-    crate::kinds::defaults(kind).map_or(steward_queue::DEFAULT_MAX_ATTEMPTS, |d| d.max_attempts)
-}
-
 /// A queue error as a job outcome: retryable unless it is a bad input.
 pub(crate) fn queue_error(e: steward_queue::Error) -> JobError {
     match e {

@@ -44,14 +44,6 @@ impl Handler for SummarizeSession {
         kinds::SUMMARIZE_SESSION
     }
 
-    fn timeout(&self) -> Duration {
-        super::default_timeout(self.kind())
-    }
-
-    fn max_attempts(&self) -> u32 {
-        super::default_attempts(self.kind())
-    }
-
     async fn run(&self, ctx: JobContext, a: SummarizeSessionArgs) -> Result<Value, JobError> {
         let now = self.s.queue.db().clock().now_micros();
         let outcome = summarize_session_with(
@@ -124,14 +116,6 @@ impl Handler for BuildCrossSessionContext {
 
     fn kind(&self) -> &'static str {
         kinds::BUILD_CROSS_SESSION_CONTEXT
-    }
-
-    fn timeout(&self) -> Duration {
-        super::default_timeout(self.kind())
-    }
-
-    fn max_attempts(&self) -> u32 {
-        super::default_attempts(self.kind())
     }
 
     async fn run(&self, ctx: JobContext, req: ContextRequest) -> Result<ContextResult, JobError> {
