@@ -71,7 +71,13 @@ fn quick_store_bench_on_a_named_embedded_store_leaves_it_reusable() {
         assert!(table.contains("txn/s") && table.contains(&url), "{table}");
         assert!(table.contains("cores"), "{table}");
     }
-    assert!(dir.path().join("data").join("store.redb").exists());
+    let data = dir.path().join("data");
+    assert!(data.join("LOCK").exists());
+    assert!(std::fs::read_dir(&data).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("wal-")));
 }
 
 #[test]

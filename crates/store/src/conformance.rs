@@ -161,6 +161,7 @@ impl Backend {
             clock: clock.shared(),
             seed: Some(0x5eed),
             run,
+            ..OpenOptions::default()
         };
         let (observer, guard) = (self.open)(options)
             .await

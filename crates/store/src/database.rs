@@ -63,6 +63,10 @@ pub struct OpenOptions {
     pub seed: Option<u64>,
     /// Retry policy of [`Database::run`].
     pub run: RunOptions,
+    /// `embedded:` only: once the current log segment holds this many bytes, the engine starts
+    /// a new one and writes a checkpoint of the whole store in the background, after which the
+    /// old segments are deleted (default 64 MiB). Smaller means faster opens and more writing.
+    pub embedded_checkpoint_bytes: u64,
 }
 
 impl Default for OpenOptions {
@@ -71,6 +75,7 @@ impl Default for OpenOptions {
             clock: SystemClock::shared(),
             seed: None,
             run: RunOptions::default(),
+            embedded_checkpoint_bytes: crate::local::embedded::DEFAULT_CHECKPOINT_BYTES,
         }
     }
 }
@@ -130,6 +135,7 @@ impl Database {
                 StoreUrl::Embedded(path) => DbBackend::Local(EmbeddedEngine::open(
                     path,
                     Arc::clone(&options.clock),
+                    options.embedded_checkpoint_bytes,
                 )? as Arc<dyn Engine>),
                 #[cfg(feature = "fdb")]
                 StoreUrl::Fdb(cluster_file) => {

@@ -197,9 +197,6 @@ pub enum Error {
     /// An operating system I/O error.
     #[error("store I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// An error of the embedded engine (redb).
-    #[error("embedded engine error: {0}")]
-    Embedded(#[source] Box<redb::Error>),
 }
 
 impl Error {
@@ -271,24 +268,6 @@ impl Error {
         }
     }
 }
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Embedded(Box::new(e.into()))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// Implemented by error types that a transaction body may return: they must convert from the
 /// store's error and give it back, so the retry loop can see whether it is retryable. A body

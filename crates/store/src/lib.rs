@@ -30,7 +30,8 @@
 //! - [`clock`]: the injected [`Clock`]; [`types`]: ranges, atomic semantics, key helpers.
 //! - `local/`: the `memory:` and `embedded:` backends. They share a read-your-writes
 //!   transaction, a FoundationDB-style resolver (optimistic concurrency at versions) and
-//!   watches; they differ only in the engine (a persistent map, or redb with group commit).
+//!   watches; they differ only in the engine (a persistent map, or the same map made durable by
+//!   a pipelined write-ahead log with group commit and checkpoints).
 //! - `fdb.rs` (feature `fdb`): a thin adapter over the `foundationdb` crate, API 710; its
 //!   plain-Rust decisions are in `fdb_logic.rs`, built and unit-tested without the feature.
 //! - `faults.rs` and [`conformance`] (feature `testing`): fault injection over any backend, and

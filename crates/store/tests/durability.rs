@@ -1,18 +1,23 @@
 //! Durability of the embedded store: reopen after drop, the OS lock, and `kill -9` of a child
 //! process in the middle of a concurrent write load (this test binary re-runs itself as the
 //! child). After the kill, every commit the child saw acknowledged must be present, and no
-//! transaction may be visible in part.
+//! transaction may be visible in part. Also: log records cut short by a crash, damaged log
+//! segments, and checkpoints.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use steward_store::tuple::{pack, pack_with_versionstamp, unpack, Versionstamp};
-use steward_store::{Database, Error, RangeOption};
+use steward_store::{Database, Error, OpenOptions, RangeOption};
 
 /// Keys written by each transaction of the load.
 const KEYS_PER_TX: u64 = 8;
 const CHILD_ENV: &str = "STEWARD_DURABILITY_CHILD_DIR";
+/// The child's log segment size: a checkpoint every ~300 of its transactions.
+const CHILD_CHECKPOINT_BYTES: u64 = 256 << 10;
 
 fn url(dir: &std::path::Path) -> String {
     format!("embedded:{}", dir.display())
@@ -88,7 +93,16 @@ fn durability_child_writer() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let db = Database::open(&format!("embedded:{dir}")).unwrap();
+        // Small segments: log rotations and background checkpoints happen during the load, so
+        // the kill can land in the middle of one.
+        let db = Database::open_with(
+            &format!("embedded:{dir}"),
+            OpenOptions {
+                embedded_checkpoint_bytes: CHILD_CHECKPOINT_BYTES,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
         println!("READY");
         let mut tasks = Vec::new();
         for worker in 0..16u64 {
@@ -141,7 +155,7 @@ fn kill_9_during_concurrent_writes_loses_no_acknowledged_commit() {
         if let Some(id) = line.strip_prefix("ACK ") {
             acked.push(id.parse::<u64>().unwrap());
         }
-        if acked.len() >= 300 || started.elapsed() > Duration::from_secs(60) {
+        if acked.len() >= 3_000 || started.elapsed() > Duration::from_secs(60) {
             break;
         }
     }
@@ -155,7 +169,7 @@ fn kill_9_during_concurrent_writes_loses_no_acknowledged_commit() {
         }
     }
     assert!(
-        acked.len() >= 300,
+        acked.len() >= 3_000,
         "the child acknowledged only {} commits",
         acked.len()
     );
@@ -192,4 +206,135 @@ fn kill_9_during_concurrent_writes_loses_no_acknowledged_commit() {
             "the counter must match the transactions present"
         );
     });
+}
+
+fn wal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("wal-"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn write_keys(db: &Database, from: u64, to: u64) {
+    for i in from..to {
+        db.run(|tx, _| async move {
+            tx.set(&pack(&("k", i)), &[i as u8; 100]);
+            tx.add(&pack(&("n",)), 1);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+}
+
+async fn assert_keys(db: &Database, n: u64) {
+    let tx = db.create_transaction().unwrap();
+    let kvs = tx
+        .get_range_all(&RangeOption::prefix(&pack(&("k",))))
+        .await
+        .unwrap();
+    assert_eq!(kvs.len() as u64, n);
+    for (i, kv) in kvs.iter().enumerate() {
+        assert_eq!(kv.value, vec![i as u8; 100]);
+    }
+    let count =
+        steward_store::decode_counter(tx.get(&pack(&("n",)), false).await.unwrap().as_deref());
+    assert_eq!(count as u64, n);
+}
+
+#[tokio::test]
+async fn a_record_cut_short_by_a_crash_is_dropped_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&url(dir.path())).unwrap();
+    write_keys(&db, 0, 50).await;
+    drop(db);
+    // A crash in the middle of appending a record: a header promising more than is there.
+    let last = wal_segments(dir.path()).pop().unwrap();
+    let good_len = std::fs::metadata(&last).unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0, 0, 1, 0, 9, 9, 9, 9, 1, 2, 3]).unwrap();
+    drop(f);
+
+    let db = Database::open(&url(dir.path())).unwrap();
+    assert_keys(&db, 50).await;
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        good_len,
+        "the torn record is cut off"
+    );
+    write_keys(&db, 50, 80).await;
+    drop(db);
+    let db = Database::open(&url(dir.path())).unwrap();
+    assert_keys(&db, 80).await;
+}
+
+#[tokio::test]
+async fn checkpoints_replace_old_segments_and_a_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || OpenOptions {
+        embedded_checkpoint_bytes: 8 << 10,
+        ..OpenOptions::default()
+    };
+    let db = Database::open_with(&url(dir.path()), options()).unwrap();
+    write_keys(&db, 0, 600).await;
+    drop(db); // waits for a running checkpoint
+    assert!(dir.path().join("checkpoint").exists());
+    let segments = wal_segments(dir.path());
+    assert!(
+        segments.len() <= 2,
+        "checkpointed segments are deleted: {segments:?}"
+    );
+    let db = Database::open_with(&url(dir.path()), options()).unwrap();
+    assert_keys(&db, 600).await;
+    write_keys(&db, 600, 700).await;
+    drop(db);
+    let db = Database::open(&url(dir.path())).unwrap();
+    assert_keys(&db, 700).await;
+}
+
+#[tokio::test]
+async fn damage_before_the_end_of_the_log_refuses_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || OpenOptions {
+        embedded_checkpoint_bytes: 4 << 10,
+        ..OpenOptions::default()
+    };
+    let db = Database::open_with(&url(dir.path()), options()).unwrap();
+    write_keys(&db, 0, 100).await;
+    drop(db);
+    // Without the checkpoint, recovery must replay every segment; damage one before the last.
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let segments = wal_segments(dir.path());
+    assert!(
+        !segments[0].ends_with("wal-00000000000000000001.log"),
+        "{segments:?}"
+    );
+    // The oldest segments were deleted by checkpoints, so replay now starts past version 1:
+    // that alone must be refused as a gap, not read as an empty store.
+    let err = Database::open(&url(dir.path())).unwrap_err();
+    assert!(err.to_string().contains("jumps from version 0"), "{err}");
+
+    // A flipped bit in the middle of a segment that is not the last cannot be a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&url(dir.path())).unwrap();
+    write_keys(&db, 0, 20).await;
+    drop(db);
+    let seg = wal_segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::write(dir.path().join("wal-00000000000000099999.log"), b"").unwrap();
+    let err = Database::open(&url(dir.path())).unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
 }

@@ -5,7 +5,7 @@
 //! - `memory_faults`: the same store behind [`FaultConfig::chaos`] (conflicts,
 //!   `commit_unknown_result` applied and not applied, `transaction_too_old`, latency) on every
 //!   transaction the repositories run;
-//! - `embedded`: the redb-backed store in a temporary directory.
+//! - `embedded`: the durable embedded store in a temporary directory.
 //!
 //! Every case gets its own database and its own [`ManualClock`] (shared with the database: the
 //! repositories read time from `db.clock()`), and makes its own tenants. Nothing sleeps for an

@@ -322,6 +322,7 @@ impl World {
                 max_backoff: Duration::from_millis(50),
                 ..RunOptions::default()
             },
+            ..OpenOptions::default()
         });
         let config = QueueConfig {
             retry: RetryPolicy {

@@ -5,7 +5,7 @@
 //! - `memory_faults`: the same store behind [`FaultConfig::chaos`] (conflicts,
 //!   `commit_unknown_result` applied and not applied, `transaction_too_old`, latency) on every
 //!   transaction the queue runs;
-//! - `embedded`: the redb-backed store in a temporary directory.
+//! - `embedded`: the durable embedded store in a temporary directory.
 //!
 //! Every case gets its own database, its own [`ManualClock`] (shared with the database: the
 //! queue reads time from `db.clock()`), and makes its own tenants. Nothing sleeps for an expiry:
@@ -71,6 +71,7 @@ impl Env {
                 max_backoff: Duration::from_millis(20),
                 ..RunOptions::default()
             },
+            ..OpenOptions::default()
         };
         let (raw, dir) = match backend {
             Backend::Memory | Backend::MemoryFaults => (Database::memory_with(options), None),

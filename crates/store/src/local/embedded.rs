@@ -1,35 +1,57 @@
-//! The `embedded:PATH` engine: one directory holding a redb file (`store.redb`, ordered keys,
-//! MVCC readers, crash-safe copy-on-write commits) and a lock file (`LOCK`).
+//! The `embedded:PATH` engine: the memory engine's persistent map, made durable by a
+//! write-ahead log with group commit and checkpoints, in one directory with a lock file.
 //!
-//! # Commits
-//! One committer thread owns the resolver and all writes. It takes every commit request waiting
-//! in its queue (a *group*), resolves them in arrival order against each other and against recent
-//! history, applies the survivors to one redb write transaction, and commits it with one disk
-//! sync ([`redb::Durability::Immediate`]). Only then are the group's callers told they committed,
-//! so nothing acknowledged can be lost, and a crash leaves either the whole group or none of it.
+//! # Commits: a two-stage pipeline
+//! The **sequencer** thread owns the conflict resolver and the working map. It takes every commit
+//! request waiting in its queue (a *group*), resolves them in arrival order against each other and
+//! recent history, applies the survivors to the working map and encodes what they changed as one
+//! log record (physical: puts, deletes and range deletes with atomic operations and versionstamps
+//! already resolved, so a replay recomputes nothing). Conflicts are answered at once.
 //!
-//! # Versions
-//! The last commit version is stored in the same write transaction as the data, so a snapshot's
-//! version is exactly the state it shows, and versionstamps keep increasing across restarts.
+//! The **log** thread takes every record waiting for it, appends them with one `write` and makes
+//! them durable with one `fdatasync`. Only then does it *publish* the map of the last record (the
+//! state readers see) and answer the callers. So while one group waits for the disk, the next is
+//! already being resolved and applied, and nothing a reader can see or a caller was told is
+//! committed can be lost: a crash loses at most records that nobody was answered for.
 //!
-//! # Lock
-//! `LOCK` is held with `flock` for the life of the engine; the kernel releases it when the
-//! process dies, so a restart after `kill -9` opens the store, and a second live process gets
-//! [`Error::Locked`] naming the holder's pid.
+//! A failed write or sync stops the engine (as PostgreSQL does after a failed fsync): the
+//! records in flight are answered `commit_unknown_result`, every later commit an I/O error, and
+//! the process must reopen the store, which replays what reached the disk.
+//!
+//! # Files
+//! ```text
+//! PATH/LOCK                   flock(2) while a process has the store open; holds its pid
+//! PATH/checkpoint             the whole map at one version (optional)
+//! PATH/wal-<first version>.log  log segments, replayed in order on open
+//! ```
+//! When the current segment passes [`crate::OpenOptions::embedded_checkpoint_bytes`] and the size
+//! of the last checkpoint (so the work of checkpointing stays proportional to the log written, as
+//! Redis's `auto-aof-rewrite-percentage 100`), the log thread starts a new segment and a background thread writes the map as of the old segment's end
+//! to `checkpoint.tmp`, syncs it, renames it over `checkpoint`, and deletes the old segments. A
+//! crash at any point leaves a checkpoint and the segments after it.
+//!
+//! # Recovery
+//! Open loads the checkpoint, then replays each segment's records newer than it. A record that is
+//! cut short or fails its checksum at the end of the last segment is a write the crash
+//! interrupted (never acknowledged): it is cut off, with a warning. Damage anywhere else refuses
+//! the store rather than silently dropping committed data.
+//!
+//! The whole store lives in memory (as in Redis): it suits one machine's development and small
+//! deployments; production uses FoundationDB.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use futures::future::{BoxFuture, FutureExt};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
+use crate::local::memory::{Map, MapWriter, MemSnapshot};
 use crate::local::resolver::Resolver;
 use crate::local::watch::WatchRegistry;
 use crate::local::{
@@ -37,40 +59,93 @@ use crate::local::{
     KvWrite, Mutation, Snapshot, Snapshots,
 };
 
-const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kv");
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-const META_VERSION: &str = "version";
-const META_FORMAT: &str = "format";
-/// The on-disk format this binary writes. A store with a newer format is refused.
-const FORMAT: u64 = 1;
-/// At most this many transactions share one disk sync.
+/// At most this many transactions share one group.
 const MAX_GROUP: usize = 1024;
-/// At most this many mutation bytes share one disk sync.
+/// At most this many mutation bytes share one group.
 const MAX_GROUP_BYTES: usize = 32 << 20;
+/// The first bytes of every log segment (then the segment's first version, 8 bytes).
+const WAL_MAGIC: &[u8; 8] = b"STWAL\x00\x00\x02";
+/// The first bytes of a checkpoint (then its version and entry count, 8 bytes each).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"STCKP\x00\x00\x02";
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+/// The file an earlier development build's engine (redb) kept.
+const OLD_FORMAT_FILE: &str = "store.redb";
+/// Bytes of a record's header: payload length and CRC-32 of the payload.
+const RECORD_HEADER: usize = 8;
+/// Operation tags in a record.
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+const OP_DELETE_RANGE: u8 = 3;
+/// The default size of a log segment before a checkpoint is taken.
+pub(crate) const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
 
 struct Job {
     req: CommitRequest,
     reply: oneshot::Sender<Result<CommitOutcome>>,
 }
 
-/// What both the engine handle and the committer thread use.
+/// A group's log record, on its way to the disk.
+struct Record {
+    bytes: Vec<u8>,
+    version: u64,
+    map: Map,
+    touched: Vec<KeyRange>,
+    replies: Vec<(oneshot::Sender<Result<CommitOutcome>>, CommitOutcome)>,
+}
+
+/// What readers see: the state as of the last durable record.
+struct Published {
+    version: u64,
+    map: Map,
+}
+
+/// What the engine handle and its threads share.
 struct Shared {
-    db: redb::Database,
+    published: Mutex<Published>,
     watches: WatchRegistry,
+    /// Set when a disk write failed: why. Nothing commits after it.
+    failed: Mutex<Option<String>>,
+    dir: PathBuf,
+}
+
+impl Shared {
+    fn published(&self) -> MutexGuard<'_, Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failure(&self) -> Option<Error> {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|why| {
+                Error::Io(std::io::Error::other(format!(
+                    "the embedded store at {} stopped accepting commits after a failed disk \
+                     write ({why}); reopen it to recover what reached the disk",
+                    self.dir.display()
+                )))
+            })
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "embedded store disk write failed; no further commits");
+        let mut failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        failed.get_or_insert(why);
+    }
 }
 
 impl Snapshots for Shared {
     fn snapshot(&self) -> Result<Box<dyn Snapshot>> {
-        let txn = self.db.begin_read()?;
-        let version = txn
-            .open_table(META)?
-            .get(META_VERSION)?
-            .map_or(0, |g| g.value());
-        let table = txn.open_table(KV)?;
-        Ok(Box::new(EmbSnapshot {
-            version,
-            table,
-            _txn: txn,
+        let p = self.published();
+        Ok(Box::new(MemSnapshot {
+            version: p.version,
+            data: p.map.clone(),
         }))
     }
 }
@@ -79,76 +154,65 @@ impl Snapshots for Shared {
 pub(crate) struct EmbeddedEngine {
     shared: Arc<Shared>,
     jobs: Option<mpsc::Sender<Job>>,
-    committer: Option<JoinHandle<()>>,
-    path: PathBuf,
-    // Dropped last: the lock outlives the database file handle.
+    threads: Vec<JoinHandle<()>>,
+    // Dropped last: the lock outlives every file handle.
     _lock: File,
 }
 
 impl std::fmt::Debug for EmbeddedEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedEngine")
-            .field("path", &self.path)
+            .field("path", &self.shared.dir)
             .finish_non_exhaustive()
     }
 }
 
 impl EmbeddedEngine {
-    /// Opens (creating if needed) the store in directory `dir`.
-    pub(crate) fn open(dir: &Path, clock: SharedClock) -> Result<Arc<Self>> {
+    /// Opens (creating if needed) the store in directory `dir`, replaying its log.
+    pub(crate) fn open(dir: &Path, clock: SharedClock, checkpoint_bytes: u64) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let lock = take_lock(&dir.join("LOCK"))?;
-        let db = redb::Database::create(dir.join("store.redb"))?;
-        let version = {
-            let wtx = db.begin_write()?;
-            let version;
-            {
-                let mut meta = wtx.open_table(META)?;
-                let format = meta.get(META_FORMAT)?.map(|g| g.value());
-                match format {
-                    None => {
-                        meta.insert(META_FORMAT, FORMAT)?;
-                    }
-                    Some(FORMAT) => {}
-                    Some(other) => {
-                        return Err(Error::IncompatibleStore {
-                            path: dir.display().to_string(),
-                            reason: format!(
-                                "its format is {other}; this binary reads format {FORMAT}"
-                            ),
-                        })
-                    }
-                }
-                version = meta.get(META_VERSION)?.map_or(0, |g| g.value());
-                wtx.open_table(KV)?;
-            }
-            wtx.commit()?;
-            version
-        };
+        let recovered = recover(dir)?;
         let shared = Arc::new(Shared {
-            db,
+            published: Mutex::new(Published {
+                version: recovered.version,
+                map: recovered.map.clone(),
+            }),
             watches: WatchRegistry::default(),
+            failed: Mutex::new(None),
+            dir: dir.to_path_buf(),
         });
-        let (jobs, rx) = mpsc::channel();
-        let committer = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("steward-store-commit".into())
-                .spawn(move || {
-                    Committer {
-                        shared,
-                        clock,
-                        resolver: Resolver::default(),
-                        version,
-                    }
-                    .run(&rx);
-                })?
+        let (jobs, job_rx) = mpsc::channel();
+        let (records, record_rx) = mpsc::channel();
+        let sequencer = Sequencer {
+            shared: Arc::clone(&shared),
+            clock,
+            resolver: Resolver::default(),
+            version: recovered.version,
+            map: recovered.map,
+            records,
         };
+        let log = LogWriter {
+            shared: Arc::clone(&shared),
+            file: recovered.segment,
+            segment_bytes: recovered.segment_bytes,
+            segments: recovered.segments,
+            checkpoint_bytes: checkpoint_bytes.max(1),
+            last_checkpoint_bytes: Arc::new(AtomicU64::new(recovered.checkpoint_bytes)),
+            checkpointing: None,
+        };
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("steward-store-seq".into())
+                .spawn(move || sequencer.run(&job_rx))?,
+            std::thread::Builder::new()
+                .name("steward-store-log".into())
+                .spawn(move || log.run(&record_rx))?,
+        ];
         Ok(Arc::new(EmbeddedEngine {
             shared,
             jobs: Some(jobs),
-            committer: Some(committer),
-            path: dir.to_path_buf(),
+            threads,
             _lock: lock,
         }))
     }
@@ -156,12 +220,19 @@ impl EmbeddedEngine {
 
 impl Drop for EmbeddedEngine {
     fn drop(&mut self) {
-        // Closing the queue ends the committer after the commits already queued; joining it
-        // closes the database before the lock is released.
+        // Closing the queue ends the sequencer after the commits already queued, which ends
+        // the log thread after their records are durable (and any checkpoint has finished);
+        // joining them closes every file before the lock is released.
+        let started = std::time::Instant::now();
         self.jobs = None;
-        if let Some(h) = self.committer.take() {
-            let _ = h.join();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
+        tracing::debug!(
+            path = %self.shared.dir.display(),
+            millis = started.elapsed().as_millis() as u64,
+            "embedded store closed"
+        );
     }
 }
 
@@ -182,7 +253,7 @@ impl Engine for EmbeddedEngine {
             if !sent {
                 return Err(Error::TransactionCancelled);
             }
-            // The committer only drops a reply if it died mid-group: the outcome is unknown.
+            // A reply is dropped only if a thread died mid-group: the outcome is unknown.
             rx.await.unwrap_or(Err(Error::CommitUnknownResult))
         }
         .boxed()
@@ -223,14 +294,18 @@ fn take_lock(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-struct Committer {
+// ------------------------------------------------------------------------------ sequencer
+
+struct Sequencer {
     shared: Arc<Shared>,
     clock: SharedClock,
     resolver: Resolver,
     version: u64,
+    map: Map,
+    records: mpsc::Sender<Record>,
 }
 
-impl Committer {
+impl Sequencer {
     fn run(mut self, rx: &mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             let mut bytes = request_bytes(&first.req);
@@ -244,83 +319,81 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            self.commit_group(group);
-        }
-    }
-
-    fn commit_group(&mut self, mut group: Vec<Job>) {
-        let mut outcomes: Vec<Result<CommitOutcome>> = Vec::with_capacity(group.len());
-        let mut all_touched: Vec<KeyRange> = Vec::new();
-        let written = self.write_group(&mut group, &mut outcomes, &mut all_touched);
-        match written {
-            Ok(()) => {
-                if !all_touched.is_empty() {
-                    self.shared.watches.fire(&*self.shared, &all_touched);
-                }
-                for (job, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                // Nothing of the group was applied. The resolver may remember writes that never
-                // happened: that can only cause spurious (retryable) conflicts.
-                tracing::error!(error = %e, "embedded store commit failed");
-                let kind = match &e {
-                    Error::Io(io) => io.kind(),
-                    _ => std::io::ErrorKind::Other,
-                };
-                let mut first = Some(e);
+            if let Some(e) = self.shared.failure() {
                 for job in group {
-                    let err = first.take().unwrap_or_else(|| {
-                        Error::Io(std::io::Error::new(
-                            kind,
-                            "embedded store commit failed (see the first error of this group)",
-                        ))
-                    });
-                    let _ = job.reply.send(Err(err));
+                    let _ = job.reply.send(Err(copy_failure(&e)));
+                }
+                continue;
+            }
+            if let Some(record) = self.sequence(group) {
+                if self.records.send(record).is_err() {
+                    // The log thread is gone (it only ends when this thread does): the
+                    // replies inside the record are dropped, which reads as unknown result.
+                    return;
                 }
             }
         }
     }
 
-    fn write_group(
-        &mut self,
-        group: &mut [Job],
-        outcomes: &mut Vec<Result<CommitOutcome>>,
-        all_touched: &mut Vec<KeyRange>,
-    ) -> Result<()> {
-        let wtx = self.shared.db.begin_write()?;
+    /// Resolves and applies a group; answers its conflicts; returns its record, if any
+    /// transaction of it committed.
+    fn sequence(&mut self, group: Vec<Job>) -> Option<Record> {
         let now = self.clock.monotonic();
-        {
-            let mut table = wtx.open_table(KV)?;
-            for job in group.iter_mut() {
-                let req = &mut job.req;
-                if let Some(rv) = req.read_version {
-                    if let Err(e) = self.resolver.check(rv, &req.reads) {
-                        outcomes.push(Err(e));
-                        continue;
-                    }
+        let mut bytes = vec![0u8; RECORD_HEADER];
+        let first_version = self.version + 1;
+        bytes.extend_from_slice(&first_version.to_be_bytes());
+        bytes.extend_from_slice(&0u64.to_be_bytes()); // the last version, filled in below
+        let mut replies = Vec::with_capacity(group.len());
+        let mut all_touched = Vec::new();
+        for job in group {
+            let Job { mut req, reply } = job;
+            if let Some(rv) = req.read_version {
+                if let Err(e) = self.resolver.check(rv, &req.reads) {
+                    let _ = reply.send(Err(e));
+                    continue;
                 }
-                self.version += 1;
-                let stamp = versionstamp(self.version, 0);
-                let mut writes = std::mem::take(&mut req.writes);
-                apply_mutations(
-                    &mut TableWriter(&mut table),
-                    &req.mutations,
-                    &stamp,
-                    &mut writes,
-                )?;
-                self.resolver.record(self.version, writes, now);
-                all_touched.extend(touched(&req.mutations, &stamp));
-                outcomes.push(Ok(CommitOutcome {
+            }
+            self.version += 1;
+            let stamp = versionstamp(self.version, 0);
+            let mut writes = std::mem::take(&mut req.writes);
+            let mut logged = Logged {
+                map: MapWriter(&mut self.map),
+                log: &mut bytes,
+            };
+            // Writing into the map and the buffer cannot fail.
+            if let Err(e) = apply_mutations(&mut logged, &req.mutations, &stamp, &mut writes) {
+                let _ = reply.send(Err(e));
+                continue;
+            }
+            self.resolver.record(self.version, writes, now);
+            all_touched.extend(touched(&req.mutations, &stamp));
+            replies.push((
+                reply,
+                CommitOutcome {
                     version: self.version,
                     stamp,
-                }));
-            }
-            wtx.open_table(META)?.insert(META_VERSION, self.version)?;
+                },
+            ));
         }
-        wtx.commit()?;
-        Ok(())
+        if replies.is_empty() {
+            return None;
+        }
+        bytes[RECORD_HEADER + 8..RECORD_HEADER + 16].copy_from_slice(&self.version.to_be_bytes());
+        seal_record(&mut bytes);
+        Some(Record {
+            bytes,
+            version: self.version,
+            map: self.map.clone(),
+            touched: all_touched,
+            replies,
+        })
+    }
+}
+
+fn copy_failure(e: &Error) -> Error {
+    match e {
+        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        _ => Error::CommitUnknownResult,
     }
 }
 
@@ -337,67 +410,583 @@ fn request_bytes(req: &CommitRequest) -> usize {
         .sum()
 }
 
-struct EmbSnapshot {
-    version: u64,
-    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    _txn: redb::ReadTransaction,
+/// Applies writes to the map and appends them to a record.
+struct Logged<'a> {
+    map: MapWriter<'a>,
+    log: &'a mut Vec<u8>,
 }
 
-impl Snapshot for EmbSnapshot {
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.table.get(key)?.map(|g| g.value().to_vec()))
-    }
-
-    fn scan(
-        &self,
-        begin: &[u8],
-        end: &[u8],
-        reverse: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        let range = self.table.range::<&[u8]>(begin..end)?;
-        if reverse {
-            for item in range.rev() {
-                let (k, v) = item?;
-                if !visit(k.value(), v.value()) {
-                    break;
-                }
-            }
-        } else {
-            for item in range {
-                let (k, v) = item?;
-                if !visit(k.value(), v.value()) {
-                    break;
-                }
-            }
-        }
-        Ok(())
+impl Logged<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        // Keys and values are far below 4 GiB (the store's limits are 10 kB and 100 kB).
+        self.log
+            .extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+        self.log.extend_from_slice(b);
     }
 }
 
-struct TableWriter<'a, 't>(&'a mut redb::Table<'t, &'static [u8], &'static [u8]>);
-
-impl KvWrite for TableWriter<'_, '_> {
+impl KvWrite for Logged<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key)?.map(|g| g.value().to_vec()))
+        self.map.get(key)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0.insert(key, value)?;
-        Ok(())
+        self.log.push(OP_PUT);
+        self.bytes(key);
+        self.bytes(value);
+        self.map.put(key, value)
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.0.remove(key)?;
-        Ok(())
+        self.log.push(OP_DELETE);
+        self.bytes(key);
+        self.map.delete(key)
     }
 
     fn delete_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()> {
-        self.0.retain_in::<&[u8], _>(begin..end, |_, _| false)?;
+        self.log.push(OP_DELETE_RANGE);
+        self.bytes(begin);
+        self.bytes(end);
+        self.map.delete_range(begin, end)
+    }
+}
+
+/// Fills in a record's header: payload length and checksum.
+fn seal_record(bytes: &mut [u8]) {
+    let payload = &bytes[RECORD_HEADER..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(payload);
+    bytes[..4].copy_from_slice(&len.to_be_bytes());
+    bytes[4..8].copy_from_slice(&crc.to_be_bytes());
+}
+
+// ---------------------------------------------------------------------------- log writer
+
+struct LogWriter {
+    shared: Arc<Shared>,
+    file: File,
+    segment_bytes: u64,
+    /// Every segment on disk, oldest first; the last is `file`.
+    segments: Vec<PathBuf>,
+    checkpoint_bytes: u64,
+    /// The size of the last checkpoint written (or found at open).
+    last_checkpoint_bytes: Arc<AtomicU64>,
+    checkpointing: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    fn run(mut self, rx: &mpsc::Receiver<Record>) {
+        let mut buf = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            if let Some(e) = self.shared.failure() {
+                for record in batch {
+                    for (reply, _) in record.replies {
+                        let _ = reply.send(Err(copy_failure(&e)));
+                    }
+                }
+                continue;
+            }
+            buf.clear();
+            for record in &batch {
+                buf.extend_from_slice(&record.bytes);
+            }
+            if let Err(e) = self
+                .file
+                .write_all(&buf)
+                .and_then(|()| self.file.sync_data())
+            {
+                self.shared.fail(e.to_string());
+                for record in batch {
+                    for (reply, _) in record.replies {
+                        let _ = reply.send(Err(Error::CommitUnknownResult));
+                    }
+                }
+                continue;
+            }
+            self.segment_bytes += buf.len() as u64;
+            self.publish(batch);
+            let threshold = self
+                .checkpoint_bytes
+                .max(self.last_checkpoint_bytes.load(Ordering::Relaxed));
+            if self.segment_bytes >= threshold {
+                if let Err(e) = self.rotate() {
+                    // The current segment stays in use; the next record tries again.
+                    tracing::warn!(error = %e, "embedded store: could not start a new log segment");
+                }
+            }
+        }
+        if let Some(t) = self.checkpointing.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Makes the batch's state visible and answers its callers.
+    fn publish(&self, batch: Vec<Record>) {
+        let mut touched = Vec::new();
+        let mut replies = Vec::new();
+        let mut last = None;
+        for record in batch {
+            touched.extend(record.touched);
+            replies.extend(record.replies);
+            last = Some((record.version, record.map));
+        }
+        if let Some((version, map)) = last {
+            *self.shared.published() = Published { version, map };
+        }
+        if !touched.is_empty() {
+            self.shared.watches.fire(&*self.shared, &touched);
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// Starts a new segment and checkpoints the state as of the end of the old ones in the
+    /// background (unless a checkpoint is still being written).
+    fn rotate(&mut self) -> Result<()> {
+        if self
+            .checkpointing
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            return Ok(());
+        }
+        if let Some(t) = self.checkpointing.take() {
+            let _ = t.join();
+        }
+        let (version, map) = {
+            let p = self.shared.published();
+            (p.version, p.map.clone())
+        };
+        let path = self.shared.dir.join(segment_name(version + 1));
+        let file = create_segment(&path, version + 1)?;
+        sync_dir(&self.shared.dir)?;
+        self.file = file;
+        self.segment_bytes = 0;
+        let old = std::mem::replace(&mut self.segments, vec![path]);
+        let dir = self.shared.dir.clone();
+        let last_size = Arc::clone(&self.last_checkpoint_bytes);
+        self.checkpointing = Some(
+            std::thread::Builder::new()
+                .name("steward-store-ckpt".into())
+                .spawn(move || {
+                    let started = std::time::Instant::now();
+                    match write_checkpoint(&dir, version, &map) {
+                        Ok((entries, size)) => {
+                            last_size.store(size, Ordering::Relaxed);
+                            for segment in &old {
+                                if let Err(e) = std::fs::remove_file(segment) {
+                                    tracing::warn!(error = %e, segment = %segment.display(),
+                                        "embedded store: could not remove a checkpointed log segment");
+                                }
+                            }
+                            tracing::debug!(version, entries, millis = started.elapsed().as_millis() as u64,
+                                "embedded store checkpoint written");
+                        }
+                        Err(e) => {
+                            // The old segments stay: recovery replays them.
+                            tracing::warn!(error = %e, "embedded store checkpoint failed");
+                        }
+                    }
+                })?,
+        );
         Ok(())
+    }
+}
+
+fn segment_name(first_version: u64) -> String {
+    format!("wal-{first_version:020}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+fn create_segment(path: &Path, first_version: u64) -> Result<File> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(WAL_MAGIC)?;
+    file.write_all(&first_version.to_be_bytes())?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes `map` at `version` to `checkpoint.tmp`, syncs it and renames it over `checkpoint`.
+/// Returns the number of entries and the file's size.
+fn write_checkpoint(dir: &Path, version: u64, map: &Map) -> Result<(u64, u64)> {
+    let tmp = dir.join(CHECKPOINT_TMP);
+    let file = File::create(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut crc = crc32fast::Hasher::new();
+    let mut put = |out: &mut BufWriter<File>, b: &[u8]| -> std::io::Result<()> {
+        crc.update(b);
+        out.write_all(b)
+    };
+    let count = map.len() as u64;
+    put(&mut out, CHECKPOINT_MAGIC)?;
+    put(&mut out, &version.to_be_bytes())?;
+    put(&mut out, &count.to_be_bytes())?;
+    for (k, v) in map {
+        for b in [k, v] {
+            let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+            put(&mut out, &len.to_be_bytes())?;
+            put(&mut out, b)?;
+        }
+    }
+    let sum = crc.finalize();
+    out.write_all(&sum.to_be_bytes())?;
+    let file = out
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    let size = file.metadata()?.len();
+    drop(file);
+    std::fs::rename(&tmp, dir.join(CHECKPOINT))?;
+    sync_dir(dir)?;
+    Ok((count, size))
+}
+
+// ------------------------------------------------------------------------------ recovery
+
+struct Recovered {
+    version: u64,
+    map: Map,
+    /// The last segment, open for appending at its last good record.
+    segment: File,
+    segment_bytes: u64,
+    segments: Vec<PathBuf>,
+    /// The size of the checkpoint file (0 without one).
+    checkpoint_bytes: u64,
+}
+
+fn damaged(dir: &Path, what: impl std::fmt::Display) -> Error {
+    Error::IncompatibleStore {
+        path: dir.display().to_string(),
+        reason: format!("{what}; restore the directory from a backup"),
+    }
+}
+
+fn recover(dir: &Path) -> Result<Recovered> {
+    let mut segments: Vec<(u64, PathBuf)> = Vec::new();
+    let mut has_checkpoint = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(first) = parse_segment_name(&name) {
+            segments.push((first, entry.path()));
+        } else if name == CHECKPOINT {
+            has_checkpoint = true;
+        } else if name == CHECKPOINT_TMP {
+            // A checkpoint the last process did not finish; its log segments are all here.
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    if !has_checkpoint && segments.is_empty() && dir.join(OLD_FORMAT_FILE).exists() {
+        return Err(Error::IncompatibleStore {
+            path: dir.display().to_string(),
+            reason: format!(
+                "it holds `{OLD_FORMAT_FILE}`, the format of an earlier development build, \
+                 which this binary does not read; move the directory away to start afresh"
+            ),
+        });
+    }
+    segments.sort();
+    let (mut version, mut map) = if has_checkpoint {
+        read_checkpoint(dir)?
+    } else {
+        (0, Map::new())
+    };
+    let checkpoint_version = version;
+    let count = segments.len();
+    let mut last_good = 0u64;
+    for (i, (first, path)) in segments.iter().enumerate() {
+        let is_last = i + 1 == count;
+        let end = replay_segment(
+            dir,
+            path,
+            *first,
+            is_last,
+            checkpoint_version,
+            &mut version,
+            &mut map,
+        )?;
+        if is_last {
+            last_good = end;
+        }
+    }
+    let (segment, segment_bytes, paths) = match segments.last() {
+        Some((_, path)) => {
+            let mut file = OpenOptions::new().write(true).open(path)?;
+            let len = file.metadata()?.len();
+            if len > last_good {
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = len - last_good,
+                    "embedded store: cutting off a log record a crash interrupted (never acknowledged)"
+                );
+                file.set_len(last_good)?;
+                file.sync_all()?;
+            }
+            file.seek(SeekFrom::Start(last_good))?;
+            (
+                file,
+                last_good,
+                segments.into_iter().map(|(_, p)| p).collect(),
+            )
+        }
+        None => {
+            let path = dir.join(segment_name(version + 1));
+            let file = create_segment(&path, version + 1)?;
+            sync_dir(dir)?;
+            (file, (WAL_MAGIC.len() + 8) as u64, vec![path])
+        }
+    };
+    let checkpoint_bytes = if has_checkpoint {
+        std::fs::metadata(dir.join(CHECKPOINT))?.len()
+    } else {
+        0
+    };
+    Ok(Recovered {
+        version,
+        map,
+        segment,
+        segment_bytes,
+        segments: paths,
+        checkpoint_bytes,
+    })
+}
+
+fn read_checkpoint(dir: &Path) -> Result<(u64, Map)> {
+    let path = dir.join(CHECKPOINT);
+    let mut input = BufReader::with_capacity(1 << 20, File::open(&path)?);
+    let mut crc = crc32fast::Hasher::new();
+    let bad = |what: &str| damaged(dir, format!("its checkpoint is damaged ({what})"));
+    let mut read = |input: &mut BufReader<File>, n: usize| -> Result<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        input.read_exact(&mut b).map_err(|_| bad("cut short"))?;
+        crc.update(&b);
+        Ok(b)
+    };
+    let magic = read(&mut input, 8)?;
+    if magic != CHECKPOINT_MAGIC {
+        return Err(Error::IncompatibleStore {
+            path: dir.display().to_string(),
+            reason: "its checkpoint is not in a format this binary reads".into(),
+        });
+    }
+    let version = be_u64(&read(&mut input, 8)?);
+    let count = be_u64(&read(&mut input, 8)?);
+    let mut map = Map::new();
+    for _ in 0..count {
+        let klen = be_u32(&read(&mut input, 4)?) as usize;
+        let key = read(&mut input, klen)?;
+        let vlen = be_u32(&read(&mut input, 4)?) as usize;
+        let value = read(&mut input, vlen)?;
+        map.insert(Arc::from(key), Arc::from(value));
+    }
+    let expected = crc.finalize();
+    let mut sum = [0u8; 4];
+    input.read_exact(&mut sum).map_err(|_| bad("cut short"))?;
+    if u32::from_be_bytes(sum) != expected {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok((version, map))
+}
+
+/// Replays one segment's records newer than `skip_through` into `map`. Returns the offset
+/// after its last good record.
+fn replay_segment(
+    dir: &Path,
+    path: &Path,
+    first: u64,
+    is_last: bool,
+    skip_through: u64,
+    version: &mut u64,
+    map: &mut Map,
+) -> Result<u64> {
+    let data = std::fs::read(path)?;
+    let name = path.display();
+    let header = WAL_MAGIC.len() + 8;
+    if data.len() < header || &data[..8] != WAL_MAGIC || be_u64(&data[8..16]) != first {
+        if is_last && data.len() < header {
+            // Created but never written: a crash right after the rotation.
+            std::fs::write(path, [WAL_MAGIC.as_slice(), &first.to_be_bytes()].concat())?;
+            return Ok(header as u64);
+        }
+        return Err(damaged(dir, format!("log segment {name} has a bad header")));
+    }
+    let mut at = header;
+    while at < data.len() {
+        let torn = || -> Result<u64> {
+            if is_last {
+                Ok(at as u64)
+            } else {
+                Err(damaged(
+                    dir,
+                    format!("log segment {name} is damaged at byte {at}"),
+                ))
+            }
+        };
+        if data.len() - at < RECORD_HEADER {
+            return torn();
+        }
+        let len = be_u32(&data[at..at + 4]) as usize;
+        let crc = be_u32(&data[at + 4..at + 8]);
+        let start = at + RECORD_HEADER;
+        let Some(payload) = data.get(start..start + len) else {
+            return torn();
+        };
+        if crc32fast::hash(payload) != crc || len < 16 {
+            return torn();
+        }
+        let first_version = be_u64(&payload[..8]);
+        let last_version = be_u64(&payload[8..16]);
+        if last_version > skip_through {
+            if first_version != *version + 1 || last_version < first_version {
+                return Err(damaged(
+                    dir,
+                    format!(
+                        "log segment {name} jumps from version {} to {first_version}",
+                        *version
+                    ),
+                ));
+            }
+            apply_record(&payload[16..], map).ok_or_else(|| {
+                damaged(
+                    dir,
+                    format!("log segment {name} has a bad record at byte {at}"),
+                )
+            })?;
+            *version = last_version;
+        }
+        at = start + len;
+    }
+    Ok(at as u64)
+}
+
+/// Applies a record's operations; `None` if they do not parse.
+fn apply_record(mut ops: &[u8], map: &mut Map) -> Option<()> {
+    fn take<'a>(ops: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = be_u32(ops.get(..4)?) as usize;
+        let b = ops.get(4..4 + len)?;
+        *ops = &ops[4 + len..];
+        Some(b)
+    }
+    let mut w = MapWriter(map);
+    while let Some((&tag, rest)) = ops.split_first() {
+        ops = rest;
+        match tag {
+            OP_PUT => {
+                let k = take(&mut ops)?;
+                let v = take(&mut ops)?;
+                w.put(k, v).ok()?;
+            }
+            OP_DELETE => {
+                let k = take(&mut ops)?;
+                w.delete(k).ok()?;
+            }
+            OP_DELETE_RANGE => {
+                let b = take(&mut ops)?;
+                let e = take(&mut ops)?;
+                w.delete_range(b, e).ok()?;
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_be_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn put(map: &mut Map, k: &[u8], v: &[u8]) {
+        map.insert(Arc::from(k), Arc::from(v));
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_a_flipped_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = Map::new();
+        for i in 0..500u32 {
+            put(&mut map, &i.to_be_bytes(), &vec![7u8; (i % 40) as usize]);
+        }
+        assert_eq!(write_checkpoint(dir.path(), 42, &map).unwrap().0, 500);
+        let (version, back) = read_checkpoint(dir.path()).unwrap();
+        assert_eq!(version, 42);
+        assert_eq!(back, map);
+
+        let path = dir.path().join(CHECKPOINT);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_checkpoint(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("checkpoint is damaged"), "{err}");
+    }
+
+    #[test]
+    fn records_replay_puts_deletes_and_range_deletes() {
+        let mut bytes = vec![0u8; RECORD_HEADER];
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        bytes.extend_from_slice(&1u64.to_be_bytes());
+        let mut map = Map::new();
+        {
+            let mut l = Logged {
+                map: MapWriter(&mut map),
+                log: &mut bytes,
+            };
+            for k in [b"a", b"b", b"c", b"d"] {
+                l.put(k, b"1").unwrap();
+            }
+            l.delete(b"a").unwrap();
+            l.delete_range(b"b", b"d").unwrap();
+        }
+        seal_record(&mut bytes);
+        let mut replayed = Map::new();
+        apply_record(&bytes[RECORD_HEADER + 16..], &mut replayed).unwrap();
+        assert_eq!(replayed, map);
+        assert_eq!(
+            replayed.keys().map(|k| k.to_vec()).collect::<Vec<_>>(),
+            vec![b"d".to_vec()]
+        );
+        assert!(apply_record(&[OP_PUT, 0, 0, 0, 9, 1], &mut replayed).is_none());
+    }
+
+    #[test]
+    fn an_old_format_store_is_refused_with_a_clear_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(OLD_FORMAT_FILE), b"x").unwrap();
+        let err = EmbeddedEngine::open(dir.path(), SystemClock::shared(), DEFAULT_CHECKPOINT_BYTES)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("earlier development build"),
+            "{err}"
+        );
     }
 }

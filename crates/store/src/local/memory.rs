@@ -17,7 +17,7 @@ use crate::local::{
 
 /// Keys and values are reference-counted: a commit copies the tree nodes on its paths that
 /// live snapshots still share, and copying an entry is then a count increment, not a heap copy.
-type Map = OrdMap<Arc<[u8]>, Arc<[u8]>>;
+pub(crate) type Map = OrdMap<Arc<[u8]>, Arc<[u8]>>;
 
 #[derive(Debug)]
 struct State {
@@ -106,9 +106,10 @@ impl Engine for MemoryEngine {
     }
 }
 
-struct MemSnapshot {
-    version: u64,
-    data: Map,
+/// A snapshot of a map at one version (an O(1) clone of it); the embedded engine uses it too.
+pub(crate) struct MemSnapshot {
+    pub(crate) version: u64,
+    pub(crate) data: Map,
 }
 
 impl Snapshot for MemSnapshot {
@@ -148,7 +149,8 @@ impl Snapshot for MemSnapshot {
     }
 }
 
-struct MapWriter<'a>(&'a mut Map);
+/// Writes into a map; never fails.
+pub(crate) struct MapWriter<'a>(pub(crate) &'a mut Map);
 
 impl KvWrite for MapWriter<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
