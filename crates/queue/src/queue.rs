@@ -1206,7 +1206,7 @@ impl Queue {
     async fn delete_job(&self, tx: &Transaction, keys: &TenantKeys, job: &Job) -> Result<()> {
         tx.clear(&keys.job(job.id));
         tx.clear(&keys.by_state(job.state, job.state_since, job.id));
-        tx.add(&keys.counter(job.state, self.shard()), -1);
+        tx.add(&keys.counter(job.state, Self::shard(tx)), -1);
         if let Some(s) = job.session_id {
             tx.clear(&keys.session(s, job.id));
         }
@@ -1299,8 +1299,11 @@ impl Queue {
 
     // ------------------------------------------------------------------------- internals
 
-    fn shard(&self) -> u8 {
-        self.with_rng(|r| r.u8(..COUNTER_SHARDS))
+    /// The counter shard of a transaction: one per transaction, so all its adds to a counter
+    /// land on one key (the local stores merge them into one write), while concurrent
+    /// transactions spread over the shards.
+    fn shard(tx: &Transaction) -> u8 {
+        u8::try_from(tx.nonce() % u64::from(COUNTER_SHARDS)).unwrap_or(0)
     }
 
     /// Writes `next` and moves every index entry and counter from `old`'s state to `next`'s.
@@ -1332,7 +1335,7 @@ impl Queue {
                 tx.clear(&keys.by_state(old.state, old.state_since, old.id));
             }
             if old.state != next.state {
-                tx.add(&keys.counter(old.state, self.shard()), -1);
+                tx.add(&keys.counter(old.state, Self::shard(tx)), -1);
             }
         }
         if let Some(k) = placement_key(keys, next) {
@@ -1356,13 +1359,13 @@ impl Queue {
         };
         if let Some(sign) = delta {
             let bytes = i64::try_from(next.args_bytes).unwrap_or(i64::MAX);
-            tx.add(&keys.bytes_counter(self.shard()), sign * bytes);
+            tx.add(&keys.bytes_counter(Self::shard(tx)), sign * bytes);
         }
         if old.is_none_or(|o| o.state != next.state || o.state_since != next.state_since) {
             tx.set(&keys.by_state(next.state, next.state_since, next.id), b"");
         }
         if old.is_none_or(|o| o.state != next.state) {
-            tx.add(&keys.counter(next.state, self.shard()), 1);
+            tx.add(&keys.counter(next.state, Self::shard(tx)), 1);
         }
         tx.set(&keys.job(next.id), &value);
         Ok(())

@@ -231,8 +231,15 @@ impl Database {
             #[cfg(feature = "fdb")]
             DbBackend::Fdb(db) => TxBackend::Fdb(db.create_transaction()?),
         };
+        let nonce = self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .u64(..);
         Ok(Transaction::new(TxInner {
             backend,
+            nonce,
             #[cfg(feature = "testing")]
             too_old_at: self
                 .inner

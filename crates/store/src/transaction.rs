@@ -33,6 +33,8 @@ pub(crate) enum TxBackend {
 
 pub(crate) struct TxInner {
     pub(crate) backend: TxBackend,
+    /// Drawn from the database's (seeded) generator when the transaction was created.
+    pub(crate) nonce: u64,
     #[cfg(feature = "testing")]
     pub(crate) faults: Option<Arc<FaultInjector>>,
     /// The read at which this transaction is made too old (fault injection).
@@ -110,6 +112,15 @@ impl Transaction {
         Transaction {
             inner: Arc::new(inner),
         }
+    }
+
+    /// A random number drawn when this transaction was created, the same for all its clones.
+    /// For spreading hot keys across transactions while keeping one transaction on one key:
+    /// a layer that shards a counter picks the shard from it, so every atomic add the
+    /// transaction makes lands on one key (and the local backends merge them into one write).
+    #[must_use]
+    pub fn nonce(&self) -> u64 {
+        self.inner.nonce
     }
 
     #[cfg(feature = "testing")]

@@ -630,11 +630,14 @@ impl LocalTx {
         }
         // Release the snapshot before waiting on the commit.
         st.snapshot = None;
+        let mut writes = std::mem::take(&mut st.writes);
+        writes.sort_unstable();
+        writes.dedup();
         let req = CommitRequest {
             read_version,
             reads: std::mem::take(&mut st.reads),
-            writes: std::mem::take(&mut st.writes),
-            mutations: std::mem::take(&mut st.mutations),
+            writes,
+            mutations: merge_adds(std::mem::take(&mut st.mutations)),
         };
         let outcome = self.engine.commit(req).await?;
         for s in st.stamps.drain(..) {
@@ -642,6 +645,67 @@ impl LocalTx {
         }
         Ok(Some(outcome.version))
     }
+}
+
+/// Merges repeated atomic adds of the same width to one key into one add (their parameters
+/// summed, as little-endian integers of that width wrap), as long as no other write to the key
+/// came between them. The result is the same value; the engine writes the key once. A
+/// transaction that counts a hundred jobs into one counter shard thus commits one write.
+fn merge_adds(mutations: Vec<Mutation>) -> Vec<Mutation> {
+    let adds = mutations
+        .iter()
+        .filter(|m| matches!(m, Mutation::Atomic(MutationType::Add, ..)))
+        .count();
+    if adds < 2 {
+        return mutations;
+    }
+    let mut out: Vec<Mutation> = Vec::with_capacity(mutations.len());
+    // Keys whose latest write is the add at this index of `out`.
+    let mut open: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for m in mutations {
+        match m {
+            Mutation::Atomic(MutationType::Add, key, param) => {
+                if let Some(&i) = open.get(&key) {
+                    if let Mutation::Atomic(_, _, prev) = &mut out[i] {
+                        if prev.len() == param.len() && !param.is_empty() {
+                            if let Some(sum) = apply_atomic(MutationType::Add, Some(prev), &param) {
+                                *prev = sum;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                open.insert(key.clone(), out.len());
+                out.push(Mutation::Atomic(MutationType::Add, key, param));
+            }
+            Mutation::Set(ref k, _)
+            | Mutation::Clear(ref k)
+            | Mutation::Atomic(_, ref k, _)
+            | Mutation::VersionstampedValue { key: ref k, .. } => {
+                open.remove(k);
+                out.push(m);
+            }
+            Mutation::ClearRange(ref b, ref e) => {
+                let doomed: Vec<Vec<u8>> = open
+                    .range::<[u8], _>((
+                        Bound::Included(b.as_slice()),
+                        Bound::Excluded(e.as_slice()),
+                    ))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in doomed {
+                    open.remove(&k);
+                }
+                out.push(m);
+            }
+            Mutation::VersionstampedKey { .. } => {
+                // Its key is known only at commit: it could be any of them.
+                open.clear();
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 /// The error of an invalid write stays with the transaction, as in FoundationDB: every later
@@ -758,6 +822,52 @@ mod tests {
         assert!(!overlaps(&ranges, b"b", b"e"), "end is exclusive");
         assert!(!overlaps(&ranges, b"f", b"g"));
         assert!(overlaps(&ranges, b"0", b"z"));
+    }
+
+    #[test]
+    fn merged_adds_leave_the_same_state_as_the_mutations_one_by_one() {
+        use crate::local::memory::{Map, MapWriter};
+        let stamp = versionstamp(7, 0);
+        for seed in 0..300u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let keys: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
+            let mut mutations = Vec::new();
+            for _ in 0..rng.usize(1..40) {
+                let k = keys[rng.usize(..keys.len())].to_vec();
+                let width = if rng.bool() { 8 } else { 4 };
+                let param: Vec<u8> = (0..width).map(|_| rng.u8(..)).collect();
+                mutations.push(match rng.u8(..10) {
+                    0 => Mutation::Set(k, param),
+                    1 => Mutation::Clear(k),
+                    2 => Mutation::ClearRange(b"b".to_vec(), b"d".to_vec()),
+                    3 => Mutation::Atomic(MutationType::Max, k, param),
+                    _ => Mutation::Atomic(MutationType::Add, k, param),
+                });
+            }
+            let merged = merge_adds(mutations.clone());
+            assert!(merged.len() <= mutations.len());
+            let run = |ms: &[Mutation]| {
+                let mut map = Map::new();
+                map.insert(Arc::from(&b"a"[..]), Arc::from(&[250u8, 255, 1][..]));
+                apply_mutations(&mut MapWriter(&mut map), ms, &stamp, &mut Vec::new()).unwrap();
+                map
+            };
+            assert_eq!(run(&merged), run(&mutations), "seed {seed}: {mutations:?}");
+        }
+        let hundred: Vec<Mutation> = (0..100)
+            .map(|_| {
+                Mutation::Atomic(
+                    MutationType::Add,
+                    b"n".to_vec(),
+                    1i64.to_le_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let merged = merge_adds(hundred);
+        assert_eq!(merged.len(), 1);
+        assert!(
+            matches!(&merged[0], Mutation::Atomic(MutationType::Add, _, p) if p == &100i64.to_le_bytes())
+        );
     }
 
     #[test]
