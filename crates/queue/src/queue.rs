@@ -54,6 +54,21 @@ const CLAIM_RETRY: RunOptions = RunOptions {
     max_backoff: Duration::from_millis(100),
 };
 
+/// A claim reads up to this many times `tenants_per_claim` entries of the active index to find
+/// that many tenants with work to hand out (each entry costs a few snapshot reads).
+const SCAN_FACTOR: usize = 16;
+
+/// What a tenant has for a claim, by the heads of its indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// A queued job, a due scheduled job or an expired lease.
+    Claimable,
+    /// Only running jobs (leases not expired) or jobs scheduled later.
+    Later,
+    /// Nothing queued, scheduled or running: its doorbell can go.
+    None,
+}
+
 /// What a claim's visit to a tenant found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TenantVisit {
@@ -381,7 +396,11 @@ impl Queue {
 
     async fn claim_in(&self, tx: &Transaction, req: &ClaimRequest) -> Result<Vec<Lease>> {
         let now = self.now();
-        let mut tenants = self.pick_tenants(tx).await?;
+        let (mut tenants, idle) = self.pick_tenants(tx, now).await?;
+        for t in idle {
+            self.maybe_retire_doorbell(tx, &TenantKeys::new(t), t)
+                .await?;
+        }
         self.with_rng(|r| r.shuffle(&mut tenants));
         let mut configs = Vec::with_capacity(tenants.len());
         for &t in &tenants {
@@ -423,36 +442,67 @@ impl Queue {
         Ok(leases)
     }
 
-    /// Up to `tenants_per_claim` tenants that may have work, from a uniformly random point of
-    /// the active index (snapshot reads: no conflicts).
-    async fn pick_tenants(&self, tx: &Transaction) -> Result<Vec<Uuid>> {
+    /// Up to `tenants_per_claim` tenants with work to hand out now, from a uniformly random
+    /// point of the active index (snapshot reads: no conflicts). The index also lists tenants
+    /// whose jobs are all running or scheduled later (their doorbell stays until a claim sees
+    /// them empty); reading up to [`SCAN_FACTOR`] times as many entries and skipping those keeps
+    /// them from filling the sample, so a small tenant's fresh job is found by the next claim
+    /// even while a flood keeps every worker busy. Tenants with nothing queued, scheduled or
+    /// running are returned apart, to retire their doorbell.
+    async fn pick_tenants(&self, tx: &Transaction, now: i64) -> Result<(Vec<Uuid>, Vec<Uuid>)> {
         let want = self.config.tenants_per_claim;
+        let mut budget = want.saturating_mul(SCAN_FACTOR);
         let start = self.with_rng(|r| r.u64(..));
-        let mut out = Vec::new();
-        let first = tx
-            .get_range(&keys::active_tenants_from(start).limit(want).snapshot())
-            .await?;
-        out.extend(
-            first
-                .kvs
-                .iter()
-                .filter_map(|kv| keys::parse_active_tenant(&kv.key)),
-        );
-        if out.len() < want {
-            let rest = tx
-                .get_range(
-                    &keys::active_tenants_before(start)
-                        .limit(want - out.len())
-                        .snapshot(),
-                )
-                .await?;
-            out.extend(
-                rest.kvs
-                    .iter()
-                    .filter_map(|kv| keys::parse_active_tenant(&kv.key)),
-            );
+        let (mut busy, mut idle) = (Vec::new(), Vec::new());
+        // Pages from the random point to the end of the index, then from its beginning to the point.
+        for range in [
+            keys::active_tenants_from(start),
+            keys::active_tenants_before(start),
+        ] {
+            let mut next = Some(range.limit(want).snapshot());
+            while let Some(opt) = next.take() {
+                if busy.len() >= want || budget == 0 {
+                    break;
+                }
+                let page = tx.get_range(&opt).await?;
+                budget -= page.kvs.len().min(budget);
+                for kv in &page.kvs {
+                    let Some(tenant) = keys::parse_active_tenant(&kv.key) else {
+                        continue;
+                    };
+                    match self.tenant_work(tx, &TenantKeys::new(tenant), now).await? {
+                        Work::Claimable if busy.len() < want => busy.push(tenant),
+                        Work::Claimable | Work::Later => {}
+                        Work::None => idle.push(tenant),
+                    }
+                }
+                next = page.next_page(&opt);
+            }
         }
-        Ok(out)
+        Ok((busy, idle))
+    }
+
+    /// Whether a tenant has a job to claim (or an expired lease or due job to move) now, from
+    /// snapshot reads of the heads of its indexes.
+    async fn tenant_work(&self, tx: &Transaction, keys: &TenantKeys, now: i64) -> Result<Work> {
+        let any = |range: RangeOption| async move {
+            Ok::<bool, Error>(
+                !tx.get_range(&range.snapshot().limit(1))
+                    .await?
+                    .kvs
+                    .is_empty(),
+            )
+        };
+        if any(keys.ready_all()).await?
+            || any(keys.scheduled_due(now)).await?
+            || any(keys.leases_expired(now)).await?
+        {
+            return Ok(Work::Claimable);
+        }
+        if any(keys.leases_all()).await? || any(keys.scheduled_all()).await? {
+            return Ok(Work::Later);
+        }
+        Ok(Work::None)
     }
 
     /// Claims up to `quota` jobs of one tenant. Says whether the tenant could give more.
@@ -788,16 +838,69 @@ impl Queue {
                 }
                 check_fence(&job, lease)?;
                 effects(tx.clone()).await?;
-                let now = self.now();
-                let mut next = job.clone();
-                next.result = Some(result.clone());
-                next.ended_token = Some(lease.token);
-                next.lease = None;
-                finish(&mut next, JobState::Completed, now, None);
-                self.save(&tx, &keys, Some(&job), &next)?;
-                Ok(())
+                self.mark_completed(&tx, &keys, &job, lease, result)
             })
             .await
+    }
+
+    /// Completes many jobs in one transaction: a worker that ran a batch of short jobs commits
+    /// once instead of once per job, and the store resolves and logs one transaction. Each entry
+    /// gets the answer [`Queue::complete`] would give it: a lost lease, a missing job or a result
+    /// over the size limit fails only its own entry, and the others complete.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for more than [`MAX_BATCH`] entries; store errors (then none of them
+    /// completed).
+    pub async fn complete_many(
+        &self,
+        done: &[(Lease, serde_json::Value)],
+    ) -> Result<Vec<Result<()>>> {
+        if done.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "done",
+                format!("at most {MAX_BATCH} completions at once"),
+            ));
+        }
+        self.db
+            .transact(|tx, _| async move {
+                let mut out = Vec::with_capacity(done.len());
+                for (lease, result) in done {
+                    let keys = TenantKeys::new(lease.tenant);
+                    let Some(job) = load(&tx, &keys, lease.job_id).await? else {
+                        out.push(Err(Error::NotFound(lease.job_id)));
+                        continue;
+                    };
+                    if job.ended_token == Some(lease.token) && job.state == JobState::Completed {
+                        out.push(Ok(())); // An earlier attempt of this call committed.
+                        continue;
+                    }
+                    out.push(
+                        check_fence(&job, lease)
+                            .and_then(|()| self.mark_completed(&tx, &keys, &job, lease, result)),
+                    );
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Writes `job` as completed by `lease` with `result` (fence already checked). Fails with
+    /// [`Error::Invalid`], writing nothing, if the record would be too large.
+    fn mark_completed(
+        &self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        job: &Job,
+        lease: &Lease,
+        result: &serde_json::Value,
+    ) -> Result<()> {
+        let now = self.now();
+        let mut next = job.clone();
+        next.result = Some(result.clone());
+        next.ended_token = Some(lease.token);
+        next.lease = None;
+        finish(&mut next, JobState::Completed, now, None);
+        self.save(tx, keys, Some(job), &next)
     }
 
     /// Reports an attempt that did not succeed. Returns the job's new state.

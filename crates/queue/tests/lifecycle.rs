@@ -54,6 +54,8 @@ support::backend_tests! {
         replay_dead_replays_up_to_the_limit_of_a_kind,
         tenants_do_not_see_each_others_jobs,
         calls_retried_after_an_applied_commit_unknown_result_answer_once,
+        complete_many_completes_each_held_lease_and_refuses_only_the_lost_one,
+        complete_many_retried_after_an_applied_commit_unknown_result_completes_once,
     ],
     multi: [],
 }
@@ -1383,4 +1385,89 @@ async fn calls_retried_after_an_applied_commit_unknown_result_answer_once(env: E
     env.assert_counts_match(t).await;
     let stats = env.db.fault_stats().unwrap();
     assert!(stats.unknown_applied > 50, "{stats:?}");
+}
+
+async fn complete_many_completes_each_held_lease_and_refuses_only_the_lost_one(env: Env) {
+    let t = env.tenant();
+    let ids: Vec<_> = enqueue_n(&env, t, 4).await;
+    let mut leases = env.claim("a", 4).await;
+    assert_eq!(leases.len(), 4);
+    leases.sort_by_key(|l| l.job_id);
+    // The first job's lease is taken over by worker b after it expired.
+    env.advance(LEASE + Duration::from_secs(1));
+    let stolen = leases[0].clone();
+    for l in &leases[1..] {
+        env.queue.heartbeat(l, LEASE * 10).await.unwrap();
+    }
+    let b = env.claim_one("b").await;
+    assert_eq!(b.job_id, stolen.job_id);
+    let before = env.job(t, stolen.job_id).await;
+
+    let done: Vec<_> = leases
+        .iter()
+        .map(|l| (l.clone(), json!(l.job_id)))
+        .collect();
+    let out = env.queue.complete_many(&done).await.unwrap();
+    assert_eq!(out.len(), 4);
+    assert_lease_lost(
+        out[0].as_ref().map_err(clone_err).map(|_| ()),
+        stolen.job_id,
+    );
+    for (l, r) in leases.iter().zip(&out).skip(1) {
+        assert!(r.is_ok(), "{r:?}");
+        let j = env.job(t, l.job_id).await;
+        assert_eq!(j.state, JobState::Completed);
+        assert_eq!(j.result, Some(json!(l.job_id)));
+    }
+    assert_eq!(
+        env.job(t, stolen.job_id).await,
+        before,
+        "the lost lease wrote nothing"
+    );
+    // The same call again answers the same, and changes nothing.
+    let again = env.queue.complete_many(&done).await.unwrap();
+    assert!(again[0].is_err() && again[1..].iter().all(Result::is_ok));
+    env.queue.complete(&b, json!("b")).await.unwrap();
+    assert!(ids.contains(&b.job_id));
+    let many = vec![(b.clone(), json!(1)); MAX_BATCH + 1];
+    assert_eq!(invalid_field(env.queue.complete_many(&many).await), "done");
+    env.assert_nothing_claimable().await;
+    env.assert_counts_match(t).await;
+}
+
+async fn complete_many_retried_after_an_applied_commit_unknown_result_completes_once(env: Env) {
+    let seed = env.seed;
+    let env = env.with_faults(FaultConfig {
+        unknown_applied: 0.5,
+        ..FaultConfig::none(seed)
+    });
+    let t = env.tenant();
+    for round in 0..6 {
+        enqueue_n(&env, t, 10).await;
+        let leases = env.claim("w", 10).await;
+        assert_eq!(leases.len(), 10, "round {round}");
+        let done: Vec<_> = leases.iter().map(|l| (l.clone(), json!(round))).collect();
+        let out = env.queue.complete_many(&done).await.unwrap();
+        assert!(out.iter().all(Result::is_ok), "round {round}: {out:?}");
+        env.assert_nothing_claimable().await;
+    }
+    let counts = env.queue.counts(t).await.unwrap();
+    assert_eq!(counts[&JobState::Completed], 60);
+    env.assert_counts_match(t).await;
+    assert!(env.db.fault_stats().unwrap().unknown_applied > 5);
+}
+
+async fn enqueue_n(env: &Env, t: uuid::Uuid, n: usize) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(env.enqueue(t, job("a")).await);
+    }
+    ids
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::LeaseLost { job } => Error::LeaseLost { job: *job },
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
 }

@@ -304,3 +304,58 @@ async fn tenant_config_is_validated_naming_the_field() {
         TenantQueueConfig::default()
     );
 }
+
+#[tokio::test]
+async fn tenants_whose_jobs_all_run_do_not_take_a_claims_sample() {
+    // Two tenants per claim; twenty-five tenants each have one job running (their doorbells
+    // stay in the active index until a claim finds them empty) and one tenant has a job queued.
+    // Every claim must find that job, whatever point of the index it starts from (a claim
+    // looks at up to 16 x tenants_per_claim = 32 entries).
+    let clock = ManualClock::new(1_772_445_600_000_000);
+    let db = Database::memory_with(OpenOptions {
+        clock: clock.shared(),
+        seed: Some(3),
+        ..OpenOptions::default()
+    });
+    let config = QueueConfig {
+        tenants_per_claim: 2,
+        ..QueueConfig::default()
+    };
+    let q = Queue::with_seed(db, config, 5).unwrap();
+    let busy: Vec<Uuid> = (1..=25).map(Uuid::from_u128).collect();
+    for t in &busy {
+        enqueue_n(&q, *t, 1).await;
+    }
+    let mut running = Vec::new();
+    while running.len() < busy.len() {
+        let got = q.claim(&claim_of(8)).await.unwrap();
+        assert!(!got.is_empty(), "the busy tenants' jobs are claimable");
+        running.extend(got);
+    }
+    for round in 0..30 {
+        let waiting = Uuid::from_u128(1_000 + round);
+        enqueue_n(&q, waiting, 1).await;
+        let got = q.claim(&claim_of(1)).await.unwrap();
+        assert_eq!(
+            got.iter().map(|l| l.tenant).collect::<Vec<_>>(),
+            vec![waiting],
+            "round {round}"
+        );
+        q.complete(&got[0], serde_json::Value::Null).await.unwrap();
+    }
+    // Once their jobs are done, a claim retires the idle tenants' doorbells as it passes.
+    for l in &running {
+        q.complete(l, serde_json::Value::Null).await.unwrap();
+    }
+    for _ in 0..10 {
+        assert!(q.claim(&claim_of(1)).await.unwrap().is_empty());
+    }
+    let tx = q.db().create_transaction().unwrap();
+    let active = tx
+        .get_range_all(&steward_store::RangeOption::prefix(
+            &steward_store::tuple::pack(&("g", "qactive")),
+        ))
+        .await
+        .unwrap();
+    assert!(active.is_empty(), "{} doorbells left", active.len());
+}

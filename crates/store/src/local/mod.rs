@@ -472,7 +472,12 @@ impl LocalTx {
             return;
         }
         let cleared = is_cleared(&st.cleared, key);
-        let next = match st.pending.remove(key) {
+        let earlier = st.pending.remove(key);
+        // A key this transaction wrote before already has its write conflict range.
+        if earlier.is_none() {
+            st.writes.push((key.to_vec(), key_after(key)));
+        }
+        let next = match earlier {
             Some(Pending::Known(v)) => Pending::Known(apply_atomic(op, v.as_deref(), param)),
             Some(Pending::Ops(mut ops)) => {
                 ops.push((op, param.to_vec()));
@@ -483,7 +488,6 @@ impl LocalTx {
             None => Pending::Ops(vec![(op, param.to_vec())]),
         };
         st.pending.insert(key.to_vec(), next);
-        st.writes.push((key.to_vec(), key_after(key)));
         st.mutation_bytes += key.len() + param.len();
         st.mutations
             .push(Mutation::Atomic(op, key.to_vec(), param.to_vec()));
@@ -630,13 +634,10 @@ impl LocalTx {
         }
         // Release the snapshot before waiting on the commit.
         st.snapshot = None;
-        let mut writes = std::mem::take(&mut st.writes);
-        writes.sort_unstable();
-        writes.dedup();
         let req = CommitRequest {
             read_version,
             reads: std::mem::take(&mut st.reads),
-            writes,
+            writes: std::mem::take(&mut st.writes),
             mutations: merge_adds(std::mem::take(&mut st.mutations)),
         };
         let outcome = self.engine.commit(req).await?;
