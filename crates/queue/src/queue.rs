@@ -15,7 +15,7 @@
 //!   once. A claim retried after `commit_unknown_result` first looks for the leases of its
 //!   earlier attempts, so a commit that did apply does not strand them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -101,6 +101,49 @@ pub struct Queue {
     config: QueueConfig,
     ids: IdGenerator,
     rng: Mutex<fastrand::Rng>,
+    recent: RecentClaims,
+}
+
+/// Jobs this process claimed lately, with the commit version of the claim, so that its other
+/// claims skip them while their snapshots are older than that commit and still show them queued.
+/// Without it, the workers of one process (sharing one `Queue`) picked jobs already claimed from
+/// stale heads of the ready index (on the embedded store a commit becomes visible only after its
+/// disk sync), and under load many claims ended in conflicts and backoff. Purely an
+/// optimisation: the store's conflict check stays the rule, and an entry only hides a job from
+/// snapshots older than the commit that claimed it. (Hiding jobs of claims still in flight too
+/// was tried: a claim that then conflicted and backed off kept a small tenant's job from every
+/// other worker, and small tenants' waits under a flood got worse.)
+#[derive(Debug, Default)]
+struct RecentClaims(Mutex<HashMap<Uuid, u64>>);
+
+impl RecentClaims {
+    /// Drops candidates claimed by a commit newer than `read_version`.
+    /// Returns how many it dropped.
+    fn filter(&self, candidates: &mut Vec<(u8, i64, Uuid)>, read_version: u64) -> usize {
+        let recent = lock(&self.0);
+        if recent.is_empty() {
+            return 0;
+        }
+        let before = candidates.len();
+        candidates.retain(|c| recent.get(&c.2).is_none_or(|&v| v <= read_version));
+        before - candidates.len()
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    fn mark(&self, ids: &[Uuid], version: u64) {
+        let mut recent = lock(&self.0);
+        for id in ids {
+            recent.insert(*id, version);
+        }
+    }
+
+    /// Forgets claims that every snapshot from `read_version` on sees.
+    fn expire(&self, read_version: u64) {
+        lock(&self.0).retain(|_, v| *v > read_version);
+    }
 }
 
 /// What a prune removed.
@@ -130,6 +173,7 @@ impl Queue {
         Ok(Queue {
             ids: IdGenerator::new(db.clock().clone(), seed),
             rng: Mutex::new(fastrand::Rng::with_seed(seed.rotate_left(17))),
+            recent: RecentClaims::default(),
             db,
             config,
         })
@@ -378,8 +422,16 @@ impl Queue {
         // a commit first looks for the earlier leases (tokens are unique per attempt).
         let earlier: Mutex<Vec<Lease>> = Mutex::new(Vec::new());
         let earlier = &earlier;
-        self.db
+        // The jobs the latest attempt claimed, and its commit's versionstamp.
+        let marked: Mutex<Vec<Uuid>> = Mutex::new(Vec::new());
+        let marked = &marked;
+        let stamp = Mutex::new(None);
+        let stamp = &stamp;
+        let leases: Vec<Lease> = self
+            .db
             .transact_with(&CLAIM_RETRY, |tx, maybe_committed| async move {
+                lock(marked).clear();
+                *lock(stamp) = None;
                 if maybe_committed.0 {
                     let tried = lock(earlier).clone();
                     let held = still_held(&tx, tried).await?;
@@ -389,13 +441,30 @@ impl Queue {
                 }
                 let leases = self.claim_in(&tx, req).await?;
                 lock(earlier).extend(leases.iter().cloned());
-                Ok(leases)
+                if !leases.is_empty() {
+                    *lock(marked) = leases.iter().map(|l| l.job_id).collect();
+                    *lock(stamp) = Some(tx.versionstamp());
+                }
+                Ok::<_, Error>(leases)
             })
-            .await
+            .await?;
+        let pending = lock(stamp).take();
+        if let Some(committed) = pending {
+            // Claimed from the commit's version on; older snapshots must skip them.
+            if let Ok(s) = committed.await {
+                let mut version = [0u8; 8];
+                version.copy_from_slice(&s[..8]);
+                let ids = std::mem::take(&mut *lock(marked));
+                self.recent.mark(&ids, u64::from_be_bytes(version));
+            }
+        }
+        Ok(leases)
     }
 
     async fn claim_in(&self, tx: &Transaction, req: &ClaimRequest) -> Result<Vec<Lease>> {
         let now = self.now();
+        let read_version = tx.read_version().await?;
+        self.recent.expire(read_version);
         let (mut tenants, idle) = self.pick_tenants(tx, now).await?;
         for t in idle {
             self.maybe_retire_doorbell(tx, &TenantKeys::new(t), t)
@@ -557,7 +626,9 @@ impl Queue {
             Some(k) => k.clone(),
             None => ready_kinds(tx, &keys).await?,
         };
-        let window = (need * CLAIM_WINDOW_FACTOR).clamp(CLAIM_WINDOW_MIN, CLAIM_WINDOW_MAX);
+        // Jobs this process claimed lately may fill the head of the snapshot: read past them.
+        let window = (need * CLAIM_WINDOW_FACTOR).clamp(CLAIM_WINDOW_MIN, CLAIM_WINDOW_MAX)
+            + self.recent.len().min(CLAIM_WINDOW_MAX);
         let mut candidates: Vec<(u8, i64, Uuid)> = Vec::new();
         for kind in kinds.iter().filter(|k| !paused.contains(*k)) {
             let head = tx
@@ -571,6 +642,10 @@ impl Queue {
             );
         }
         candidates.sort_unstable();
+        // Jobs other workers of this process claimed at versions this snapshot does not show.
+        let skipped = self
+            .recent
+            .filter(&mut candidates, tx.read_version().await?);
         let chosen = self.choose(&candidates, need);
         let mut claimed = 0;
         for id in chosen {
@@ -619,7 +694,7 @@ impl Queue {
                 ready_at: job.run_at.max(job.created_at),
             });
         }
-        if candidates.len() > claimed {
+        if candidates.len() + skipped > claimed {
             // More is waiting: the tenant stays active, and may give more in a second round
             // (unless its concurrency slots ran out).
             let slots_left = free_slots.as_ref().is_none_or(|f| !f.is_empty());
@@ -1722,6 +1797,25 @@ pub(crate) fn validate_new_job(job: &NewJob) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_claims_hide_a_job_only_from_snapshots_older_than_its_claim() {
+        let recent = RecentClaims::default();
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let all = vec![(0, 0, a), (0, 1, b), (0, 2, c)];
+        recent.mark(&[a, b], 10);
+        let mut seen_at_9 = all.clone();
+        assert_eq!(recent.filter(&mut seen_at_9, 9), 2);
+        assert_eq!(seen_at_9, vec![(0, 2, c)]);
+        // A snapshot at the claim's version or later shows the jobs as running: nothing to hide.
+        let mut seen_at_10 = all.clone();
+        assert_eq!(recent.filter(&mut seen_at_10, 10), 0);
+        assert_eq!(seen_at_10, all);
+        recent.expire(10);
+        assert_eq!(recent.len(), 0);
+        let mut seen_at_1 = all.clone();
+        assert_eq!(recent.filter(&mut seen_at_1, 1), 0);
+    }
 
     #[test]
     fn new_job_validation_names_the_field() {

@@ -8,7 +8,7 @@ use imbl::OrdMap;
 
 use crate::clock::SharedClock;
 use crate::error::Result;
-use crate::local::resolver::Resolver;
+use crate::local::resolver::{Pin, Pins, Resolver};
 use crate::local::watch::WatchRegistry;
 use crate::local::{
     apply_mutations, touched, versionstamp, CommitOutcome, CommitRequest, Engine, KvWrite,
@@ -30,6 +30,7 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct MemoryEngine {
     state: Mutex<State>,
+    pins: Arc<Pins>,
     watches: WatchRegistry,
     clock: SharedClock,
 }
@@ -42,6 +43,7 @@ impl MemoryEngine {
                 data: Map::new(),
                 resolver: Resolver::default(),
             }),
+            pins: Arc::new(Pins::default()),
             watches: WatchRegistry::default(),
             clock,
         })
@@ -59,6 +61,8 @@ impl MemoryEngine {
             if let Some(rv) = req.read_version {
                 st.resolver.check(rv, &req.reads)?;
             }
+            // Resolved: its read version no longer holds back the resolver's memory.
+            drop(req.pin);
             let version = st.version + 1;
             let stamp = versionstamp(version, 0);
             let mut writes = req.writes;
@@ -71,6 +75,9 @@ impl MemoryEngine {
                 &mut writes,
             )?;
             st.version = version;
+            // Under the state lock, as snapshots are taken: a new one reads at `version`.
+            let floor = self.pins.floor(version);
+            st.resolver.set_floor(floor);
             st.resolver.record(version, writes, self.clock.monotonic());
             (
                 CommitOutcome { version, stamp },
@@ -88,6 +95,7 @@ impl Snapshots for MemoryEngine {
         Ok(Box::new(MemSnapshot {
             version: st.version,
             data: st.data.clone(),
+            pin: Some(self.pins.pin(st.version)),
         }))
     }
 }
@@ -110,11 +118,16 @@ impl Engine for MemoryEngine {
 pub(crate) struct MemSnapshot {
     pub(crate) version: u64,
     pub(crate) data: Map,
+    pub(crate) pin: Option<Pin>,
 }
 
 impl Snapshot for MemSnapshot {
     fn version(&self) -> u64 {
         self.version
+    }
+
+    fn take_pin(&mut self) -> Option<Pin> {
+        self.pin.take()
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -59,6 +59,8 @@ pub(crate) struct CommitRequest {
     pub(crate) reads: Vec<KeyRange>,
     pub(crate) writes: Vec<KeyRange>,
     pub(crate) mutations: Vec<Mutation>,
+    /// Keeps the read version pinned until the engine has resolved the request.
+    pub(crate) pin: Option<resolver::Pin>,
 }
 
 /// What an engine reports for a successful commit.
@@ -71,6 +73,8 @@ pub(crate) struct CommitOutcome {
 /// A consistent, immutable view of the store at one version.
 pub(crate) trait Snapshot: Send {
     fn version(&self) -> u64;
+    /// Hands over the pin of the snapshot's read version (see [`resolver::Pins`]).
+    fn take_pin(&mut self) -> Option<resolver::Pin>;
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Calls `visit` for each pair in `[begin, end)` in order until it returns `false`.
     fn scan(
@@ -632,13 +636,16 @@ impl LocalTx {
         if size > MAX_TRANSACTION_SIZE {
             return Err(Error::TransactionTooLarge { size });
         }
-        // Release the snapshot before waiting on the commit.
+        // Release the snapshot before waiting on the commit; its read version stays pinned
+        // until the engine has resolved the request.
+        let pin = st.snapshot.as_mut().and_then(|s| s.take_pin());
         st.snapshot = None;
         let req = CommitRequest {
             read_version,
             reads: std::mem::take(&mut st.reads),
             writes: std::mem::take(&mut st.writes),
             mutations: merge_adds(std::mem::take(&mut st.mutations)),
+            pin,
         };
         let outcome = self.engine.commit(req).await?;
         for s in st.stamps.drain(..) {

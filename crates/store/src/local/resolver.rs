@@ -3,8 +3,14 @@
 //! a transaction that committed after `rv`. The resolver remembers the writes of the last
 //! [`crate::limits::TRANSACTION_LIFETIME`] (plus a margin); a transaction older than what it
 //! remembers gets `transaction_too_old`, which is retryable.
+//!
+//! It forgets sooner what no transaction can still conflict with: every snapshot *pins* its read
+//! version ([`Pins`]) until its commit is resolved or it is dropped, and writes at or below the
+//! oldest pinned version (or the latest version, when nothing older is pinned) are forgotten.
+//! Transactions last milliseconds, so the resolver holds milliseconds of writes, not seconds.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -24,6 +30,8 @@ pub(crate) struct Resolver {
     log: VecDeque<(u64, Duration, Vec<Vec<u8>>)>,
     /// Versions at or below this are forgotten; older readers are too old.
     horizon: u64,
+    /// No live or future reader reads below this version (see [`Pins::floor`]).
+    floor: u64,
     last_prune: Duration,
 }
 
@@ -60,6 +68,12 @@ impl Resolver {
         Ok(())
     }
 
+    /// Tells the resolver that no live or future transaction reads below `floor`: writes at or
+    /// below it can no longer conflict with anything and are forgotten at the next prune.
+    pub(crate) fn set_floor(&mut self, floor: u64) {
+        self.floor = self.floor.max(floor);
+    }
+
     /// Records the write conflict ranges of a commit at `version`, made at monotonic `now`.
     pub(crate) fn record(&mut self, version: u64, writes: Vec<KeyRange>, now: Duration) {
         let mut keys = Vec::with_capacity(writes.len());
@@ -75,18 +89,18 @@ impl Resolver {
         self.prune(now);
     }
 
-    /// Forgets writes older than the transaction lifetime, in time proportional to what it
-    /// forgets: each log entry knows its keys, and a key is dropped only if no later commit
-    /// wrote it again.
+    /// Forgets writes older than the transaction lifetime or at or below the floor, in time
+    /// proportional to what it forgets: each log entry knows its keys, and a key is dropped
+    /// only if no later commit wrote it again.
     fn prune(&mut self, now: Duration) {
-        if now.saturating_sub(self.last_prune) < Duration::from_millis(50) {
+        if now.saturating_sub(self.last_prune) < Duration::from_millis(1) {
             return;
         }
         self.last_prune = now;
         let keep_after = now.saturating_sub(TRANSACTION_LIFETIME + MARGIN);
         let mut horizon = self.horizon;
         while let Some((v, t, _)) = self.log.front() {
-            if *t >= keep_after {
+            if *t >= keep_after && *v > self.floor {
                 break;
             }
             horizon = *v;
@@ -109,6 +123,56 @@ impl Resolver {
     #[cfg(test)]
     pub(crate) fn remembered(&self) -> usize {
         self.points.len() + self.ranges.len()
+    }
+}
+
+/// The read versions of live transactions. A snapshot pins its version (taken under the same
+/// lock as the state it reads, so no prune can slip between the two) and keeps the pin until its
+/// commit is resolved or it is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Pins(Mutex<BTreeMap<u64, usize>>);
+
+impl Pins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Pins `version` until the returned guard is dropped.
+    pub(crate) fn pin(self: &Arc<Self>, version: u64) -> Pin {
+        *self.lock().entry(version).or_insert(0) += 1;
+        Pin {
+            pins: Arc::clone(self),
+            version,
+        }
+    }
+
+    /// The resolver's floor: the oldest pinned version, or `latest` (the version new snapshots
+    /// get) if none is older. Call it under the lock that snapshots are taken under.
+    pub(crate) fn floor(&self, latest: u64) -> u64 {
+        self.lock()
+            .first_key_value()
+            .map_or(latest, |(&v, _)| v.min(latest))
+    }
+}
+
+/// A pinned read version; unpinned on drop.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    pins: Arc<Pins>,
+    version: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(n) = pins.get_mut(&self.version) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.version);
+            }
+        }
     }
 }
 
@@ -153,6 +217,30 @@ mod tests {
         r.record(3, vec![point(b"z")], Duration::from_secs(7));
         assert!(matches!(r.check(1, &[point(b"a")]), Err(Error::Conflict)));
         assert!(r.check(2, &[point(b"a")]).is_ok());
+    }
+
+    #[test]
+    fn writes_no_pinned_reader_can_see_are_forgotten_at_once() {
+        let pins = Arc::new(Pins::default());
+        let mut r = Resolver::default();
+        let old = pins.pin(1);
+        r.record(2, vec![point(b"a")], Duration::ZERO);
+        r.set_floor(pins.floor(2));
+        r.record(3, vec![point(b"b")], Duration::from_millis(5));
+        // The reader at 1 still sees both writes as conflicts.
+        assert_eq!(r.remembered(), 2);
+        assert!(matches!(r.check(1, &[point(b"a")]), Err(Error::Conflict)));
+        drop(old);
+        let now = pins.pin(3);
+        r.set_floor(pins.floor(3));
+        r.record(4, vec![point(b"c")], Duration::from_millis(10));
+        // Versions 2 and 3 are at or below every reader's version: forgotten.
+        assert_eq!(r.remembered(), 1);
+        assert!(r.check(3, &[point(b"a"), point(b"b")]).is_ok());
+        assert!(matches!(r.check(3, &[point(b"c")]), Err(Error::Conflict)));
+        assert!(matches!(r.check(1, &[]), Err(Error::TransactionTooOld)));
+        drop(now);
+        assert_eq!(pins.floor(9), 9);
     }
 
     #[test]
