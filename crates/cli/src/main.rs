@@ -224,8 +224,8 @@ enum Bench {
     /// Measure the queue's no-op jobs/s beside the store's batched ceiling, and fairness
     ///
     /// Throughput: producers enqueue batches of 100 while 16 workers claim up to 32 and complete
-    /// each; the store benchmark's batched scenario runs in the same run, and the ratio of jobs/s
-    /// to its keys/s is reported (target: at least 0.5). Fairness: small tenants' waits for a
+    /// them in one transaction; the store benchmark's batched scenario runs in the same run, and
+    /// the ratio of jobs/s to its keys/s is reported (target: at least 0.5). Fairness: small tenants' waits for a
     /// worker with one tenant's 100,000-job flood enqueued first and without it (target: p50
     /// and p99 ratios at most 2). Without --store it measures both `memory:` and fresh embedded
     /// stores in a temporary directory (disk sync on every commit, as always).

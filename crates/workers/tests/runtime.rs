@@ -37,6 +37,7 @@ fn env(faults: Option<u64>) -> Env {
             max_backoff: Duration::from_millis(20),
             ..RunOptions::default()
         },
+        ..OpenOptions::default()
     };
     let raw = Database::memory_with(options);
     let db = match faults {
