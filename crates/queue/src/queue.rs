@@ -54,6 +54,10 @@ const CLAIM_RETRY: RunOptions = RunOptions {
     max_backoff: Duration::from_millis(100),
 };
 
+/// `complete_many` refuses a batch whose results take more than this (the store's transaction
+/// limit is 10 MB, and each record also holds its arguments).
+const MAX_BATCH_RESULT_BYTES: usize = 4 << 20;
+
 /// A claim reads up to this many times `tenants_per_claim` entries of the active index to find
 /// that many tenants with work to hand out (each entry costs a few snapshot reads).
 const SCAN_FACTOR: usize = 16;
@@ -63,7 +67,8 @@ const SCAN_FACTOR: usize = 16;
 enum Work {
     /// A queued job, a due scheduled job or an expired lease.
     Claimable,
-    /// Only running jobs (leases not expired) or jobs scheduled later.
+    /// Only running jobs (leases not expired), jobs scheduled later, or queued jobs of kinds
+    /// the claim does not run.
     Later,
     /// Nothing queued, scheduled or running: its doorbell can go.
     None,
@@ -465,7 +470,7 @@ impl Queue {
         let now = self.now();
         let read_version = tx.read_version().await?;
         self.recent.expire(read_version);
-        let (mut tenants, idle) = self.pick_tenants(tx, now).await?;
+        let (mut tenants, idle) = self.pick_tenants(tx, now, req.kinds.as_deref()).await?;
         for t in idle {
             self.maybe_retire_doorbell(tx, &TenantKeys::new(t), t)
                 .await?;
@@ -518,7 +523,12 @@ impl Queue {
     /// them from filling the sample, so a small tenant's fresh job is found by the next claim
     /// even while a flood keeps every worker busy. Tenants with nothing queued, scheduled or
     /// running are returned apart, to retire their doorbell.
-    async fn pick_tenants(&self, tx: &Transaction, now: i64) -> Result<(Vec<Uuid>, Vec<Uuid>)> {
+    async fn pick_tenants(
+        &self,
+        tx: &Transaction,
+        now: i64,
+        kinds: Option<&[String]>,
+    ) -> Result<(Vec<Uuid>, Vec<Uuid>)> {
         let want = self.config.tenants_per_claim;
         let mut budget = want.saturating_mul(SCAN_FACTOR);
         let start = self.with_rng(|r| r.u64(..));
@@ -536,10 +546,16 @@ impl Queue {
                 let page = tx.get_range(&opt).await?;
                 budget -= page.kvs.len().min(budget);
                 for kv in &page.kvs {
+                    if busy.len() >= want {
+                        break;
+                    }
                     let Some(tenant) = keys::parse_active_tenant(&kv.key) else {
                         continue;
                     };
-                    match self.tenant_work(tx, &TenantKeys::new(tenant), now).await? {
+                    match self
+                        .tenant_work(tx, &TenantKeys::new(tenant), now, kinds)
+                        .await?
+                    {
                         Work::Claimable if busy.len() < want => busy.push(tenant),
                         Work::Claimable | Work::Later => {}
                         Work::None => idle.push(tenant),
@@ -553,7 +569,13 @@ impl Queue {
 
     /// Whether a tenant has a job to claim (or an expired lease or due job to move) now, from
     /// snapshot reads of the heads of its indexes.
-    async fn tenant_work(&self, tx: &Transaction, keys: &TenantKeys, now: i64) -> Result<Work> {
+    async fn tenant_work(
+        &self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        now: i64,
+        kinds: Option<&[String]>,
+    ) -> Result<Work> {
         let any = |range: RangeOption| async move {
             Ok::<bool, Error>(
                 !tx.get_range(&range.snapshot().limit(1))
@@ -562,13 +584,28 @@ impl Queue {
                     .is_empty(),
             )
         };
-        if any(keys.ready_all()).await?
-            || any(keys.scheduled_due(now)).await?
-            || any(keys.leases_expired(now)).await?
-        {
+        // Queued jobs count only if they are of a kind this claim runs.
+        let ready = match kinds {
+            None => any(keys.ready_all()).await?,
+            Some(kinds) => {
+                let mut found = false;
+                for kind in kinds {
+                    if any(keys.ready_of_kind(kind)).await? {
+                        found = true;
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        if ready || any(keys.scheduled_due(now)).await? || any(keys.leases_expired(now)).await? {
             return Ok(Work::Claimable);
         }
-        if any(keys.leases_all()).await? || any(keys.scheduled_all()).await? {
+        if any(keys.leases_all()).await?
+            || any(keys.scheduled_all()).await?
+            // Queued jobs of other kinds: not for this claim, but the doorbell stays.
+            || (kinds.is_some() && any(keys.ready_all()).await?)
+        {
             return Ok(Work::Later);
         }
         Ok(Work::None)
@@ -936,14 +973,34 @@ impl Queue {
                 format!("at most {MAX_BATCH} completions at once"),
             ));
         }
+        // One transaction carries every record: keep it well inside the store's limit.
+        let result_bytes: usize = done.iter().map(|(_, r)| args_len(r) as usize).sum();
+        if result_bytes > MAX_BATCH_RESULT_BYTES {
+            return Err(Error::invalid(
+                "done",
+                format!(
+                    "the results take {result_bytes} bytes; at most {MAX_BATCH_RESULT_BYTES} \
+                     complete in one batch (complete them in smaller batches)"
+                ),
+            ));
+        }
         self.db
             .transact(|tx, _| async move {
                 let mut out = Vec::with_capacity(done.len());
                 for (lease, result) in done {
                     let keys = TenantKeys::new(lease.tenant);
-                    let Some(job) = load(&tx, &keys, lease.job_id).await? else {
-                        out.push(Err(Error::NotFound(lease.job_id)));
-                        continue;
+                    let job = match load(&tx, &keys, lease.job_id).await {
+                        Ok(Some(job)) => job,
+                        Ok(None) => {
+                            out.push(Err(Error::NotFound(lease.job_id)));
+                            continue;
+                        }
+                        // A record that does not decode fails its own entry, not the batch.
+                        Err(e @ Error::Corrupt { .. }) => {
+                            out.push(Err(e));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     };
                     if job.ended_token == Some(lease.token) && job.state == JobState::Completed {
                         out.push(Ok(())); // An earlier attempt of this call committed.

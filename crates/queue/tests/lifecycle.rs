@@ -1431,6 +1431,8 @@ async fn complete_many_completes_each_held_lease_and_refuses_only_the_lost_one(e
     assert!(ids.contains(&b.job_id));
     let many = vec![(b.clone(), json!(1)); MAX_BATCH + 1];
     assert_eq!(invalid_field(env.queue.complete_many(&many).await), "done");
+    let big = vec![(b.clone(), json!("x".repeat(100_000))); 50];
+    assert_eq!(invalid_field(env.queue.complete_many(&big).await), "done");
     env.assert_nothing_claimable().await;
     env.assert_counts_match(t).await;
 }

@@ -272,6 +272,12 @@ async fn a_record_cut_short_by_a_crash_is_dropped_and_the_store_goes_on() {
         good_len,
         "the torn record is cut off"
     );
+    let kept = last.with_extension(format!("log.torn-{good_len}"));
+    assert_eq!(
+        std::fs::read(&kept).unwrap().len(),
+        11,
+        "the cut bytes are kept beside it"
+    );
     write_keys(&db, 50, 80).await;
     drop(db);
     let db = Database::open(&url(dir.path())).unwrap();
@@ -334,7 +340,36 @@ async fn damage_before_the_end_of_the_log_refuses_the_store() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&seg, &bytes).unwrap();
-    std::fs::write(dir.path().join("wal-00000000000000099999.log"), b"").unwrap();
+    // A later segment with a header and a record: the damaged one is not the log's end.
+    let mut later = b"STWAL\x00\x00\x02".to_vec();
+    later.extend_from_slice(&99_999u64.to_be_bytes());
+    later.extend_from_slice(&[0, 0, 0, 20, 1, 2, 3, 4]);
+    later.extend_from_slice(&[9; 20]);
+    std::fs::write(dir.path().join("wal-00000000000000099999.log"), later).unwrap();
     let err = Database::open(&url(dir.path())).unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
+}
+
+#[tokio::test]
+async fn segments_a_crash_or_failed_rotation_left_empty_are_dropped_wherever_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&url(dir.path())).unwrap();
+    write_keys(&db, 0, 30).await;
+    drop(db);
+    // In the middle: a segment created (its name sorts between) whose header never reached the
+    // disk; at the end: one whose 16 header bytes are zeros.
+    let first = wal_segments(dir.path()).pop().unwrap();
+    let middle = dir.path().join("wal-00000000000000000005.log");
+    std::fs::write(&middle, b"STW").unwrap();
+    let end = dir.path().join("wal-00000000000000099999.log");
+    std::fs::write(&end, [0u8; 16]).unwrap();
+
+    let db = Database::open(&url(dir.path())).unwrap();
+    assert_keys(&db, 30).await;
+    assert!(!middle.exists() && !end.exists());
+    write_keys(&db, 30, 40).await;
+    drop(db);
+    let db = Database::open(&url(dir.path())).unwrap();
+    assert_keys(&db, 40).await;
+    assert!(first.exists());
 }

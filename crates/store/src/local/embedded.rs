@@ -16,7 +16,8 @@
 //!
 //! A failed write or sync stops the engine (as PostgreSQL does after a failed fsync): the
 //! records in flight are answered `commit_unknown_result`, every later commit an I/O error, and
-//! the process must reopen the store, which replays what reached the disk.
+//! the *process* must be restarted (not the store reopened in it: after a failed sync the
+//! kernel may keep pages it never wrote, and a reopen would replay them as if durable).
 //!
 //! # Files
 //! ```text
@@ -51,6 +52,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_KEY_SIZE, MAX_VALUE_SIZE};
 use crate::local::memory::{Map, MapWriter, MemSnapshot};
 use crate::local::resolver::{Pins, Resolver};
 use crate::local::watch::WatchRegistry;
@@ -77,6 +79,12 @@ const RECORD_HEADER: usize = 8;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_DELETE_RANGE: u8 = 3;
+/// At most this many bytes of records go to the disk in one write: a crash can leave at most
+/// that much of the log's end unwritten.
+const MAX_LOG_BATCH_BYTES: usize = 32 << 20;
+/// The most a torn end of the log can be: one batch, whose last record may pass the batch
+/// limit by a whole group (`MAX_GROUP_BYTES` of mutations, logged with their framing).
+const MAX_TORN_BYTES: u64 = 128 << 20;
 /// The default size of a log segment before a checkpoint is taken.
 pub(crate) const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
 
@@ -126,7 +134,7 @@ impl Shared {
             .map(|why| {
                 Error::Io(std::io::Error::other(format!(
                     "the embedded store at {} stopped accepting commits after a failed disk \
-                     write ({why}); reopen it to recover what reached the disk",
+                     write ({why}); restart the process to recover what reached the disk",
                     self.dir.display()
                 )))
             })
@@ -200,7 +208,6 @@ impl EmbeddedEngine {
             shared: Arc::clone(&shared),
             file: recovered.segment,
             segment_bytes: recovered.segment_bytes,
-            segments: recovered.segments,
             checkpoint_bytes: checkpoint_bytes.max(1),
             last_checkpoint_bytes: Arc::new(AtomicU64::new(recovered.checkpoint_bytes)),
             checkpointing: None,
@@ -349,7 +356,7 @@ impl Sequencer {
             // Under the lock snapshots are pinned under: new ones read at the published version.
             let published = self.shared.published();
             self.resolver
-                .set_floor(self.shared.pins.floor(published.version));
+                .set_floor(self.shared.pins.floor(published.version), published.version);
         }
         let ops: usize = group.iter().map(|j| j.req.mutations.len()).sum();
         let mut bytes = Vec::with_capacity(RECORD_HEADER + 16 + payload + ops * 9);
@@ -482,8 +489,6 @@ struct LogWriter {
     shared: Arc<Shared>,
     file: File,
     segment_bytes: u64,
-    /// Every segment on disk, oldest first; the last is `file`.
-    segments: Vec<PathBuf>,
     checkpoint_bytes: u64,
     /// The size of the last checkpoint written (or found at open).
     last_checkpoint_bytes: Arc<AtomicU64>,
@@ -494,8 +499,11 @@ impl LogWriter {
     fn run(mut self, rx: &mpsc::Receiver<Record>) {
         let mut buf = Vec::new();
         while let Ok(first) = rx.recv() {
+            let mut bytes = first.bytes.len();
             let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
+            while bytes < MAX_LOG_BATCH_BYTES {
+                let Ok(more) = rx.try_recv() else { break };
+                bytes += more.bytes.len();
                 batch.push(more);
             }
             if let Some(e) = self.shared.failure() {
@@ -578,13 +586,24 @@ impl LogWriter {
             let p = self.shared.published();
             (p.version, p.map.clone())
         };
-        let path = self.shared.dir.join(segment_name(version + 1));
-        let file = create_segment(&path, version + 1)?;
-        sync_dir(&self.shared.dir)?;
+        let dir = self.shared.dir.clone();
+        let path = dir.join(segment_name(version + 1));
+        let created = create_segment(&path, version + 1).and_then(|file| {
+            sync_dir(&dir)?;
+            Ok(file)
+        });
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                // A half-made segment must not stay behind: recovery would find it in the
+                // middle of the log. (If removing it fails too, recovery skips an empty one.)
+                let _ = std::fs::remove_file(&path);
+                let _ = sync_dir(&dir);
+                return Err(e);
+            }
+        };
         self.file = file;
         self.segment_bytes = 0;
-        let old = std::mem::replace(&mut self.segments, vec![path]);
-        let dir = self.shared.dir.clone();
         let last_size = Arc::clone(&self.last_checkpoint_bytes);
         self.checkpointing = Some(
             std::thread::Builder::new()
@@ -594,14 +613,17 @@ impl LogWriter {
                     match write_checkpoint(&dir, version, &map) {
                         Ok((entries, size)) => {
                             last_size.store(size, Ordering::Relaxed);
-                            for segment in &old {
-                                if let Err(e) = std::fs::remove_file(segment) {
-                                    tracing::warn!(error = %e, segment = %segment.display(),
-                                        "embedded store: could not remove a checkpointed log segment");
-                                }
-                            }
-                            tracing::debug!(version, entries, millis = started.elapsed().as_millis() as u64,
-                                "embedded store checkpoint written");
+                            // Every segment that starts at or below the checkpoint's version is
+                            // older than the current one (it starts at version + 1): covered.
+                            // Listing them (not remembering them) also removes the segments a
+                            // failed checkpoint left.
+                            remove_segments_through(&dir, version);
+                            tracing::debug!(
+                                version,
+                                entries,
+                                millis = started.elapsed().as_millis() as u64,
+                                "embedded store checkpoint written"
+                            );
                         }
                         Err(e) => {
                             // The old segments stay: recovery replays them.
@@ -625,8 +647,30 @@ fn parse_segment_name(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Removes the log segments whose first version is at most `version` (best effort: recovery
+/// skips what a checkpoint covers anyway).
+fn remove_segments_through(dir: &Path, version: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if parse_segment_name(&name.to_string_lossy()).is_some_and(|first| first <= version) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(error = %e, segment = %entry.path().display(),
+                    "embedded store: could not remove a checkpointed log segment");
+            }
+        }
+    }
+}
+
 fn create_segment(path: &Path, first_version: u64) -> Result<File> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    // Truncating: a file of this name can only be what a failed rotation left (no records).
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     file.write_all(WAL_MAGIC)?;
     file.write_all(&first_version.to_be_bytes())?;
     file.sync_all()?;
@@ -681,7 +725,6 @@ struct Recovered {
     /// The last segment, open for appending at its last good record.
     segment: File,
     segment_bytes: u64,
-    segments: Vec<PathBuf>,
     /// The size of the checkpoint file (0 without one).
     checkpoint_bytes: u64,
 }
@@ -725,9 +768,21 @@ fn recover(dir: &Path) -> Result<Recovered> {
         (0, Map::new())
     };
     let checkpoint_version = version;
-    let count = segments.len();
+    // Segments holding no record (what a crash or a failed rotation left right after creating
+    // one) are dropped, wherever they are: the version check of the records after them still
+    // catches any gap.
+    let mut kept = Vec::with_capacity(segments.len());
+    for (first, path) in segments {
+        if segment_is_empty(&path)? {
+            tracing::warn!(segment = %path.display(), "embedded store: removing an empty log segment");
+            std::fs::remove_file(&path)?;
+        } else {
+            kept.push((first, path));
+        }
+    }
+    let count = kept.len();
     let mut last_good = 0u64;
-    for (i, (first, path)) in segments.iter().enumerate() {
+    for (i, (first, path)) in kept.iter().enumerate() {
         let is_last = i + 1 == count;
         let end = replay_segment(
             dir,
@@ -742,31 +797,21 @@ fn recover(dir: &Path) -> Result<Recovered> {
             last_good = end;
         }
     }
-    let (segment, segment_bytes, paths) = match segments.last() {
+    let (segment, segment_bytes) = match kept.last() {
         Some((_, path)) => {
-            let mut file = OpenOptions::new().write(true).open(path)?;
+            let mut file = OpenOptions::new().read(true).write(true).open(path)?;
             let len = file.metadata()?.len();
             if len > last_good {
-                tracing::warn!(
-                    segment = %path.display(),
-                    bytes = len - last_good,
-                    "embedded store: cutting off a log record a crash interrupted (never acknowledged)"
-                );
-                file.set_len(last_good)?;
-                file.sync_all()?;
+                cut_torn_tail(dir, path, &mut file, last_good, len)?;
             }
             file.seek(SeekFrom::Start(last_good))?;
-            (
-                file,
-                last_good,
-                segments.into_iter().map(|(_, p)| p).collect(),
-            )
+            (file, last_good)
         }
         None => {
             let path = dir.join(segment_name(version + 1));
             let file = create_segment(&path, version + 1)?;
             sync_dir(dir)?;
-            (file, (WAL_MAGIC.len() + 8) as u64, vec![path])
+            (file, (WAL_MAGIC.len() + 8) as u64)
         }
     };
     let checkpoint_bytes = if has_checkpoint {
@@ -779,9 +824,50 @@ fn recover(dir: &Path) -> Result<Recovered> {
         map,
         segment,
         segment_bytes,
-        segments: paths,
         checkpoint_bytes,
     })
+}
+
+/// True if a segment holds no record: shorter than its header plus one record header, with a
+/// header that is missing, partial or all zeros (the file was created, its header not yet on
+/// the disk). A segment with a good header and nothing after it is empty too.
+fn segment_is_empty(path: &Path) -> Result<bool> {
+    let data = std::fs::read(path)?;
+    let header = WAL_MAGIC.len() + 8;
+    Ok(data.len() <= header
+        && (data.len() < header || data.starts_with(WAL_MAGIC) || data.iter().all(|&b| b == 0)))
+}
+
+/// Cuts the end of the last segment off at `good` (a record a crash interrupted: written, never
+/// synced, so never acknowledged), keeping the cut bytes beside it as evidence. More than one
+/// log batch can hold is no torn write: the store is refused instead.
+fn cut_torn_tail(dir: &Path, path: &Path, file: &mut File, good: u64, len: u64) -> Result<()> {
+    let cut = len - good;
+    if cut > MAX_TORN_BYTES {
+        return Err(damaged(
+            dir,
+            format!(
+                "log segment {} is damaged at byte {good} with {cut} bytes after it, more than \
+                 a crash can leave unwritten",
+                path.display()
+            ),
+        ));
+    }
+    let mut tail = Vec::with_capacity(usize::try_from(cut).unwrap_or(0));
+    file.seek(SeekFrom::Start(good))?;
+    file.read_to_end(&mut tail)?;
+    let kept = path.with_extension(format!("log.torn-{good}"));
+    std::fs::write(&kept, &tail)?;
+    File::open(&kept)?.sync_all()?;
+    tracing::warn!(
+        segment = %path.display(),
+        bytes = cut,
+        kept = %kept.display(),
+        "embedded store: cutting off a log record a crash interrupted (never acknowledged)"
+    );
+    file.set_len(good)?;
+    file.sync_all()?;
+    sync_dir(dir)
 }
 
 fn read_checkpoint(dir: &Path) -> Result<(u64, Map)> {
@@ -806,9 +892,17 @@ fn read_checkpoint(dir: &Path) -> Result<(u64, Map)> {
     let count = be_u64(&read(&mut input, 8)?);
     let mut map = Map::new();
     for _ in 0..count {
+        // Lengths are checked before anything is allocated for them: a damaged length must be
+        // an error, not an allocation of gigabytes.
         let klen = be_u32(&read(&mut input, 4)?) as usize;
+        if klen > MAX_KEY_SIZE {
+            return Err(bad("a key longer than the store allows"));
+        }
         let key = read(&mut input, klen)?;
         let vlen = be_u32(&read(&mut input, 4)?) as usize;
+        if vlen > MAX_VALUE_SIZE {
+            return Err(bad("a value longer than the store allows"));
+        }
         let value = read(&mut input, vlen)?;
         map.insert(Arc::from(key), Arc::from(value));
     }
@@ -836,11 +930,6 @@ fn replay_segment(
     let name = path.display();
     let header = WAL_MAGIC.len() + 8;
     if data.len() < header || &data[..8] != WAL_MAGIC || be_u64(&data[8..16]) != first {
-        if is_last && data.len() < header {
-            // Created but never written: a crash right after the rotation.
-            std::fs::write(path, [WAL_MAGIC.as_slice(), &first.to_be_bytes()].concat())?;
-            return Ok(header as u64);
-        }
         return Err(damaged(dir, format!("log segment {name} has a bad header")));
     }
     let mut at = header;

@@ -77,7 +77,7 @@ impl MemoryEngine {
             st.version = version;
             // Under the state lock, as snapshots are taken: a new one reads at `version`.
             let floor = self.pins.floor(version);
-            st.resolver.set_floor(floor);
+            st.resolver.set_floor(floor, version);
             st.resolver.record(version, writes, self.clock.monotonic());
             (
                 CommitOutcome { version, stamp },

@@ -32,6 +32,10 @@ pub(crate) struct Resolver {
     horizon: u64,
     /// No live or future reader reads below this version (see [`Pins::floor`]).
     floor: u64,
+    /// The latest version readers can see: time-based pruning (for snapshots never released)
+    /// never goes past it, so a disk sync that stalls for seconds does not make every new
+    /// transaction too old.
+    latest: u64,
     last_prune: Duration,
 }
 
@@ -69,9 +73,11 @@ impl Resolver {
     }
 
     /// Tells the resolver that no live or future transaction reads below `floor`: writes at or
-    /// below it can no longer conflict with anything and are forgotten at the next prune.
-    pub(crate) fn set_floor(&mut self, floor: u64) {
+    /// below it can no longer conflict with anything and are forgotten at the next prune; and
+    /// that readers see versions up to `latest`.
+    pub(crate) fn set_floor(&mut self, floor: u64, latest: u64) {
         self.floor = self.floor.max(floor);
+        self.latest = self.latest.max(latest);
     }
 
     /// Records the write conflict ranges of a commit at `version`, made at monotonic `now`.
@@ -100,7 +106,8 @@ impl Resolver {
         let keep_after = now.saturating_sub(TRANSACTION_LIFETIME + MARGIN);
         let mut horizon = self.horizon;
         while let Some((v, t, _)) = self.log.front() {
-            if *t >= keep_after && *v > self.floor {
+            let expired = *t < keep_after && *v <= self.latest;
+            if !expired && *v > self.floor {
                 break;
             }
             horizon = *v;
@@ -225,14 +232,14 @@ mod tests {
         let mut r = Resolver::default();
         let old = pins.pin(1);
         r.record(2, vec![point(b"a")], Duration::ZERO);
-        r.set_floor(pins.floor(2));
+        r.set_floor(pins.floor(2), 2);
         r.record(3, vec![point(b"b")], Duration::from_millis(5));
         // The reader at 1 still sees both writes as conflicts.
         assert_eq!(r.remembered(), 2);
         assert!(matches!(r.check(1, &[point(b"a")]), Err(Error::Conflict)));
         drop(old);
         let now = pins.pin(3);
-        r.set_floor(pins.floor(3));
+        r.set_floor(pins.floor(3), 3);
         r.record(4, vec![point(b"c")], Duration::from_millis(10));
         // Versions 2 and 3 are at or below every reader's version: forgotten.
         assert_eq!(r.remembered(), 1);
@@ -247,10 +254,27 @@ mod tests {
     fn forgets_old_writes_and_calls_older_readers_too_old() {
         let mut r = Resolver::default();
         r.record(1, vec![point(b"a")], Duration::ZERO);
+        // A snapshot at version 0 is still pinned (never released), readers see version 1.
+        r.set_floor(0, 1);
         r.record(2, vec![point(b"b")], Duration::from_secs(10));
         assert_eq!(r.remembered(), 1);
         assert!(matches!(r.check(0, &[]), Err(Error::TransactionTooOld)));
         assert!(r.check(1, &[point(b"a")]).is_ok());
         assert!(matches!(r.check(1, &[point(b"b")]), Err(Error::Conflict)));
+    }
+
+    #[test]
+    fn a_stalled_disk_sync_does_not_age_out_writes_readers_cannot_see_yet() {
+        let mut r = Resolver::default();
+        // Versions 1 and 2 are resolved but not yet durable: readers still see version 0.
+        r.set_floor(0, 0);
+        r.record(1, vec![point(b"a")], Duration::ZERO);
+        r.record(2, vec![point(b"b")], Duration::from_secs(10));
+        assert_eq!(r.remembered(), 2);
+        assert!(
+            r.check(0, &[]).is_ok(),
+            "a reader at the visible version is not too old"
+        );
+        assert!(matches!(r.check(0, &[point(b"a")]), Err(Error::Conflict)));
     }
 }
