@@ -20,6 +20,7 @@
 //! No HTTP API (that is `steward-api`; the only listener here is the metrics one); no raw
 //! keys: queue state goes through `steward-queue`, records through `steward-models`.
 
+mod completer;
 pub mod config;
 pub mod context;
 pub mod error;

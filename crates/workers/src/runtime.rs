@@ -12,7 +12,9 @@
 //!                               └─ shutdown grace over ──────► abort, release (no attempt used)
 //! ```
 //! Every report is fenced by the lease's token, so a worker that lost its lease (a long GC
-//! pause, a partition) can never overwrite the job's newer attempt.
+//! pause, a partition) can never overwrite the job's newer attempt. Completions go through one
+//! task per worker that commits everything waiting with `Queue::complete_many`: short jobs
+//! finishing together share a commit, and a lone completion is committed at once.
 //!
 //! # Shutdown
 //! When the shutdown future resolves: `/readyz` turns 503, no more claims; running jobs get
@@ -29,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::completer::Completer;
 use crate::config::WorkerConfig;
 use crate::error::Result;
 use crate::handler::{ErasedHandler, JobContext, JobError, Registry};
@@ -123,6 +126,8 @@ impl Worker {
         let mut stats = WorkerStats::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks: JoinSet<&'static str> = JoinSet::new();
+        // Short jobs finishing together share a completion commit.
+        let (completer, completions) = Completer::spawn(Arc::clone(&self.queue));
         let kinds = Some(self.registry.kinds());
         let concurrency = self.config.concurrency;
         let mut backoff = Duration::from_millis(50);
@@ -148,7 +153,7 @@ impl Worker {
                         backoff = Duration::from_millis(50);
                         idle = leases.len() < req.max;
                         for lease in leases {
-                            self.spawn_attempt(&mut tasks, lease, &stop_rx);
+                            self.spawn_attempt(&mut tasks, lease, &stop_rx, &completer);
                         }
                     }
                     Err(e) => {
@@ -207,6 +212,9 @@ impl Worker {
         while let Some(done) = tasks.join_next().await {
             record(&mut stats, done);
         }
+        // Every attempt has its answer; the completion task ends with the last handle.
+        drop(completer);
+        let _ = completions.await;
         metrics::gauge!(m::JOBS_RUNNING).set(0.0);
         tracing::info!(outcomes = ?stats.outcomes, "worker stopped");
         Ok(stats)
@@ -217,6 +225,7 @@ impl Worker {
         tasks: &mut JoinSet<&'static str>,
         lease: Lease,
         stop: &watch::Receiver<bool>,
+        completer: &Completer,
     ) {
         let span = tracing::info_span!(
             "job",
@@ -231,6 +240,7 @@ impl Worker {
             lease,
             lease_len: self.config.lease(),
             stop: stop.clone(),
+            completer: completer.clone(),
         };
         tasks.spawn(attempt.run().instrument(span));
     }
@@ -262,6 +272,7 @@ struct Attempt {
     lease: Lease,
     lease_len: Duration,
     stop: watch::Receiver<bool>,
+    completer: Completer,
 }
 
 impl Attempt {
@@ -344,7 +355,7 @@ impl Attempt {
         let lease = &self.lease;
         let result = match ending {
             Ending::Returned(Ok(value)) => {
-                return match self.queue.complete(lease, value).await {
+                return match self.completer.complete(lease, value).await {
                     Ok(()) => "completed",
                     // A result the queue refuses (too large) will be refused every time.
                     Err(steward_queue::Error::Invalid { field, message }) => {

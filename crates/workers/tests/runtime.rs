@@ -246,6 +246,41 @@ async fn runs_every_job_once_with_bounded_concurrency() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn jobs_finishing_together_share_completion_commits() {
+    let e = env(None);
+    let probe = Arc::new(Probe::default());
+    let tenant = Uuid::now_v7();
+    for n in 0..40 {
+        e.queue
+            .enqueue(tenant, job(Script::Echo { n, sleep_ms: 30 }))
+            .await
+            .unwrap();
+    }
+    let version = || async {
+        let tx = e.queue.db().create_transaction().unwrap();
+        tx.read_version().await.unwrap()
+    };
+    let before = version().await;
+    let worker = Worker::new(e.queue.clone(), registry(&probe), config(40)).unwrap();
+    let stats = run_until(worker, e.queue.clone(), tenant, |c| {
+        count(c, JobState::Completed) == 40
+    })
+    .await;
+    assert_eq!(stats.count("completed"), 40, "{stats:?}");
+    // Every commit takes one version. One commit per completion would be 40 plus the claims.
+    let commits = version().await - before;
+    assert!(commits < 20, "{commits} commits for 40 jobs");
+    let page = e
+        .queue
+        .list(tenant, &steward_queue::ListFilter::default(), None, 100)
+        .await
+        .unwrap();
+    for j in page.jobs {
+        assert_eq!(j.result.unwrap()["n"], j.args["n"]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_panicking_handler_is_a_recorded_failure_and_the_job_is_retried() {
     let e = env(None);
     let probe = Arc::new(Probe::default());
