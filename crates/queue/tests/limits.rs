@@ -14,6 +14,10 @@ use steward_store::{Database, FaultConfig, ManualClock, OpenOptions};
 use uuid::Uuid;
 
 fn queue(faults: Option<u64>) -> Queue {
+    queue_with(QueueConfig::default(), faults)
+}
+
+fn queue_with(config: QueueConfig, faults: Option<u64>) -> Queue {
     let clock = ManualClock::new(1_772_445_600_000_000);
     let db = Database::memory_with(OpenOptions {
         clock: clock.shared(),
@@ -24,7 +28,7 @@ fn queue(faults: Option<u64>) -> Queue {
         Some(seed) => db.with_faults(FaultConfig::chaos(seed)),
         None => db,
     };
-    Queue::with_seed(db, QueueConfig::default(), 5).unwrap()
+    Queue::with_seed(db, config, 5).unwrap()
 }
 
 fn claim_of(max: usize) -> ClaimRequest {
@@ -311,17 +315,11 @@ async fn tenants_whose_jobs_all_run_do_not_take_a_claims_sample() {
     // stay in the active index until a claim finds them empty) and one tenant has a job queued.
     // Every claim must find that job, whatever point of the index it starts from (a claim
     // looks at up to 16 x tenants_per_claim = 32 entries).
-    let clock = ManualClock::new(1_772_445_600_000_000);
-    let db = Database::memory_with(OpenOptions {
-        clock: clock.shared(),
-        seed: Some(3),
-        ..OpenOptions::default()
-    });
     let config = QueueConfig {
         tenants_per_claim: 2,
         ..QueueConfig::default()
     };
-    let q = Queue::with_seed(db, config, 5).unwrap();
+    let q = queue_with(config, None);
     let busy: Vec<Uuid> = (1..=25).map(Uuid::from_u128).collect();
     for t in &busy {
         enqueue_n(&q, *t, 1).await;
