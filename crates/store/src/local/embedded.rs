@@ -43,9 +43,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::oneshot;
@@ -61,10 +62,12 @@ use crate::local::{
     KvWrite, Mutation, Snapshot, Snapshots,
 };
 
-/// At most this many transactions share one group.
-const MAX_GROUP: usize = 64;
-/// At most this many mutation bytes share one group.
+/// The sequencer holds at most this many waiting commits to choose from.
+const MAX_GROUP: usize = 256;
+/// A record is handed to the log thread once it holds this many bytes.
 const MAX_GROUP_BYTES: usize = 32 << 20;
+/// A commit waiting this long is sequenced next, whatever its size.
+const MAX_WAIT: Duration = Duration::from_millis(5);
 /// The first bytes of every log segment (then the segment's first version, 8 bytes).
 const WAL_MAGIC: &[u8; 8] = b"STWAL\x00\x00\x02";
 /// The first bytes of a checkpoint (then its version and entry count, 8 bytes each).
@@ -116,6 +119,8 @@ struct Shared {
     watches: WatchRegistry,
     /// Set when a disk write failed: why. Nothing commits after it.
     failed: Mutex<Option<String>>,
+    /// The log thread is waiting for records (the sequencer hands over what it has).
+    log_idle: AtomicBool,
     dir: PathBuf,
 }
 
@@ -192,6 +197,7 @@ impl EmbeddedEngine {
             pins: Arc::new(Pins::default()),
             watches: WatchRegistry::default(),
             failed: Mutex::new(None),
+            log_idle: AtomicBool::new(true),
             dir: dir.to_path_buf(),
         });
         let (jobs, job_rx) = mpsc::channel();
@@ -316,101 +322,158 @@ struct Sequencer {
     records: mpsc::Sender<Record>,
 }
 
+/// A log record being filled by the sequencer.
+struct OpenRecord {
+    bytes: Vec<u8>,
+    replies: Vec<(oneshot::Sender<Result<CommitOutcome>>, CommitOutcome)>,
+    touched: Vec<KeyRange>,
+}
+
 impl Sequencer {
+    /// Takes waiting commits smallest first (unless one has waited [`MAX_WAIT`]), so a small
+    /// transaction is not queued behind a round of large ones, and hands the record filled so
+    /// far to the log thread whenever that thread is idle: the disk is kept busy, and while it
+    /// syncs one record the next fills.
     fn run(mut self, rx: &mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut bytes = request_bytes(&first.req);
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        bytes += request_bytes(&job.req);
-                        group.push(job);
+        let mut waiting: Vec<(Instant, usize, Job)> = Vec::new();
+        let mut open: Option<OpenRecord> = None;
+        loop {
+            if waiting.is_empty() {
+                if let Some(record) = open.take() {
+                    if !self.hand_over(record) {
+                        return;
                     }
+                }
+                match rx.recv() {
+                    Ok(job) => waiting.push(arrival(job)),
+                    Err(_) => return,
+                }
+            }
+            while waiting.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => waiting.push(arrival(job)),
                     Err(_) => break,
                 }
             }
             if let Some(e) = self.shared.failure() {
-                for job in group {
+                for (_, _, job) in waiting.drain(..) {
                     let _ = job.reply.send(Err(copy_failure(&e)));
                 }
+                // Replies of an unsent record are dropped: their outcome is unknown.
+                open = None;
                 continue;
             }
-            if let Some(record) = self.sequence(group, bytes) {
-                if self.records.send(record).is_err() {
-                    // The log thread is gone (it only ends when this thread does): the
-                    // replies inside the record are dropped, which reads as unknown result.
-                    return;
+            let job = take_next(&mut waiting);
+            let record = open.get_or_insert_with(|| self.open_record());
+            self.sequence(record, job);
+            let full = record.bytes.len() >= MAX_GROUP_BYTES;
+            if full || self.shared.log_idle.load(Ordering::Acquire) {
+                if let Some(record) = open.take() {
+                    if !self.hand_over(record) {
+                        return;
+                    }
                 }
             }
         }
     }
 
-    /// Resolves and applies a group; answers its conflicts; returns its record, if any
-    /// transaction of it committed.
-    /// `payload` is the group's mutation bytes: the record is sized for it up front (growing
-    /// it as it fills cost a tenth of this thread's time in reallocation and page faults).
-    fn sequence(&mut self, group: Vec<Job>, payload: usize) -> Option<Record> {
-        let now = self.clock.monotonic();
+    /// A new record starting at the next version; refreshes the resolver's floor.
+    fn open_record(&mut self) -> OpenRecord {
         {
             // Under the lock snapshots are pinned under: new ones read at the published version.
             let published = self.shared.published();
             self.resolver
                 .set_floor(self.shared.pins.floor(published.version), published.version);
         }
-        let ops: usize = group.iter().map(|j| j.req.mutations.len()).sum();
-        let mut bytes = Vec::with_capacity(RECORD_HEADER + 16 + payload + ops * 9);
+        let mut bytes = Vec::with_capacity(64 << 10);
         bytes.resize(RECORD_HEADER, 0);
-        let first_version = self.version + 1;
-        bytes.extend_from_slice(&first_version.to_be_bytes());
-        bytes.extend_from_slice(&0u64.to_be_bytes()); // the last version, filled in below
-        let mut replies = Vec::with_capacity(group.len());
-        let mut all_touched = Vec::new();
-        for job in group {
-            let Job { mut req, reply } = job;
-            if let Some(rv) = req.read_version {
-                if let Err(e) = self.resolver.check(rv, &req.reads) {
-                    let _ = reply.send(Err(e));
-                    continue;
-                }
-            }
-            // Resolved: its read version no longer holds back the resolver's memory.
-            drop(req.pin.take());
-            self.version += 1;
-            let stamp = versionstamp(self.version, 0);
-            let mut writes = std::mem::take(&mut req.writes);
-            let mut logged = Logged {
-                map: MapWriter(&mut self.map),
-                log: &mut bytes,
-            };
-            // Writing into the map and the buffer cannot fail.
-            if let Err(e) = apply_mutations(&mut logged, &req.mutations, &stamp, &mut writes) {
-                let _ = reply.send(Err(e));
-                continue;
-            }
-            self.resolver.record(self.version, writes, now);
-            all_touched.extend(touched(&req.mutations, &stamp));
-            replies.push((
-                reply,
-                CommitOutcome {
-                    version: self.version,
-                    stamp,
-                },
-            ));
-        }
-        if replies.is_empty() {
-            return None;
-        }
-        bytes[RECORD_HEADER + 8..RECORD_HEADER + 16].copy_from_slice(&self.version.to_be_bytes());
-        seal_record(&mut bytes);
-        Some(Record {
+        bytes.extend_from_slice(&(self.version + 1).to_be_bytes());
+        bytes.extend_from_slice(&0u64.to_be_bytes()); // the last version, filled in at the end
+        OpenRecord {
             bytes,
-            version: self.version,
-            map: self.map.clone(),
-            touched: all_touched,
-            replies,
-        })
+            replies: Vec::new(),
+            touched: Vec::new(),
+        }
     }
+
+    /// Resolves one commit: a conflict is answered at once; otherwise it is applied to the
+    /// map and to the record.
+    fn sequence(&mut self, record: &mut OpenRecord, job: Job) {
+        let Job { mut req, reply } = job;
+        if let Some(rv) = req.read_version {
+            if let Err(e) = self.resolver.check(rv, &req.reads) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        // Resolved: its read version no longer holds back the resolver's memory.
+        drop(req.pin.take());
+        record
+            .bytes
+            .reserve(request_bytes(&req) + req.mutations.len() * 9);
+        self.version += 1;
+        let stamp = versionstamp(self.version, 0);
+        let mut writes = std::mem::take(&mut req.writes);
+        let mut logged = Logged {
+            map: MapWriter(&mut self.map),
+            log: &mut record.bytes,
+        };
+        // Writing into the map and the buffer cannot fail (MapWriter never errors, nor does
+        // appending to a Vec), so no commit is half applied.
+        let applied = apply_mutations(&mut logged, &req.mutations, &stamp, &mut writes);
+        debug_assert!(applied.is_ok(), "in-memory writes never fail");
+        let now = self.clock.monotonic();
+        self.resolver.record(self.version, writes, now);
+        record.touched.extend(touched(&req.mutations, &stamp));
+        record.replies.push((
+            reply,
+            CommitOutcome {
+                version: self.version,
+                stamp,
+            },
+        ));
+    }
+
+    /// Seals the record and sends it to the log thread (nothing if no commit is in it).
+    /// False if the log thread is gone (it only ends when this thread does).
+    fn hand_over(&mut self, mut record: OpenRecord) -> bool {
+        if record.replies.is_empty() {
+            return true;
+        }
+        record.bytes[RECORD_HEADER + 8..RECORD_HEADER + 16]
+            .copy_from_slice(&self.version.to_be_bytes());
+        seal_record(&mut record.bytes);
+        self.records
+            .send(Record {
+                bytes: record.bytes,
+                version: self.version,
+                map: self.map.clone(),
+                touched: record.touched,
+                replies: record.replies,
+            })
+            .is_ok()
+    }
+}
+
+fn arrival(job: Job) -> (Instant, usize, Job) {
+    (Instant::now(), request_bytes(&job.req), job)
+}
+
+/// The smallest waiting commit, or the oldest if it has waited [`MAX_WAIT`] (no starvation).
+fn take_next(waiting: &mut Vec<(Instant, usize, Job)>) -> Job {
+    let oldest_overdue = waiting
+        .first()
+        .is_some_and(|(at, _, _)| at.elapsed() >= MAX_WAIT);
+    let i = if oldest_overdue {
+        0
+    } else {
+        waiting
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, size, _))| *size)
+            .map_or(0, |(i, _)| i)
+    };
+    waiting.remove(i).2
 }
 
 fn copy_failure(e: &Error) -> Error {
@@ -498,7 +561,10 @@ struct LogWriter {
 impl LogWriter {
     fn run(mut self, rx: &mpsc::Receiver<Record>) {
         let mut buf = Vec::new();
-        while let Ok(first) = rx.recv() {
+        loop {
+            self.shared.log_idle.store(true, Ordering::Release);
+            let Ok(first) = rx.recv() else { break };
+            self.shared.log_idle.store(false, Ordering::Release);
             let mut bytes = first.bytes.len();
             let mut batch = vec![first];
             while bytes < MAX_LOG_BATCH_BYTES {
