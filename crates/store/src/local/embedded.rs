@@ -1149,6 +1149,51 @@ mod tests {
         assert!(apply_record(&[OP_PUT, 0, 0, 0, 9, 1], &mut replayed).is_none());
     }
 
+    fn job_of(size: usize) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            req: CommitRequest {
+                read_version: None,
+                reads: Vec::new(),
+                writes: Vec::new(),
+                mutations: vec![Mutation::Set(vec![1], vec![0; size])],
+                pin: None,
+            },
+            reply,
+        }
+    }
+
+    fn size_of(job: &Job) -> usize {
+        request_bytes(&job.req)
+    }
+
+    #[test]
+    fn the_smallest_waiting_commit_goes_first_unless_the_oldest_waited_too_long() {
+        let now = Instant::now();
+        let mut waiting: Vec<(Instant, usize, Job)> = [300, 20, 5000, 7]
+            .into_iter()
+            .map(|n| {
+                let job = job_of(n);
+                (now, size_of(&job), job)
+            })
+            .collect();
+        let order: Vec<usize> = (0..4).map(|_| size_of(&take_next(&mut waiting))).collect();
+        assert_eq!(order, vec![8, 21, 301, 5001]);
+
+        // A big commit that has waited past MAX_WAIT goes before a smaller fresh one.
+        let Some(long_ago) = now.checked_sub(MAX_WAIT * 2) else {
+            return; // a clock this close to its origin cannot say "long ago"
+        };
+        let big = job_of(5000);
+        let small = job_of(7);
+        let mut waiting = vec![
+            (long_ago, size_of(&big), big),
+            (now, size_of(&small), small),
+        ];
+        assert_eq!(size_of(&take_next(&mut waiting)), 5001);
+        assert_eq!(size_of(&take_next(&mut waiting)), 8);
+    }
+
     #[test]
     fn an_old_format_store_is_refused_with_a_clear_reason() {
         let dir = tempfile::tempdir().unwrap();
