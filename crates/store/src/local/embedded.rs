@@ -2,15 +2,17 @@
 //! write-ahead log with group commit and checkpoints, in one directory with a lock file.
 //!
 //! # Commits: a two-stage pipeline
-//! The **sequencer** thread owns the conflict resolver and the working map. It takes every commit
-//! request waiting in its queue (a *group*), resolves them in arrival order against each other and
-//! recent history, applies the survivors to the working map and encodes what they changed as one
-//! log record (physical: puts, deletes and range deletes with atomic operations and versionstamps
-//! already resolved, so a replay recomputes nothing). Conflicts are answered at once.
+//! The **sequencer** thread owns the conflict resolver and the working map. Of the commits waiting
+//! (up to 256) it takes the smallest next (unless one has waited 5 ms), resolves it against
+//! everything sequenced before it, applies it to the working map and appends what it changed to
+//! the open log record (physical: puts, deletes and range deletes with atomic operations and
+//! versionstamps already resolved, so a replay recomputes nothing). Conflicts are answered at
+//! once. The record is handed to the log thread whenever that thread is idle (or nothing else
+//! waits, or it reaches 32 MiB), so a small commit is not queued behind a round of large ones.
 //!
 //! The **log** thread takes every record waiting for it, appends them with one `write` and makes
 //! them durable with one `fdatasync`. Only then does it *publish* the map of the last record (the
-//! state readers see) and answer the callers. So while one group waits for the disk, the next is
+//! state readers see) and answer the callers. So while one record waits for the disk, the next is
 //! already being resolved and applied, and nothing a reader can see or a caller was told is
 //! committed can be lost: a crash loses at most records that nobody was answered for.
 //!
