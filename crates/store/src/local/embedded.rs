@@ -73,6 +73,8 @@ const MAX_WAIT: Duration = Duration::from_millis(5);
 /// The first bytes of every log segment (then the segment's first version, 8 bytes).
 const WAL_MAGIC: &[u8; 8] = b"STWAL\x00\x00\x02";
 /// The first bytes of a checkpoint (then its version and entry count, 8 bytes each).
+/// Bytes of a segment's header: the magic and the segment's first version.
+const SEGMENT_HEADER: usize = WAL_MAGIC.len() + 8;
 const CHECKPOINT_MAGIC: &[u8; 8] = b"STCKP\x00\x00\x02";
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
@@ -879,7 +881,7 @@ fn recover(dir: &Path) -> Result<Recovered> {
             let path = dir.join(segment_name(version + 1));
             let file = create_segment(&path, version + 1)?;
             sync_dir(dir)?;
-            (file, (WAL_MAGIC.len() + 8) as u64)
+            (file, SEGMENT_HEADER as u64)
         }
     };
     let checkpoint_bytes = if has_checkpoint {
@@ -900,10 +902,12 @@ fn recover(dir: &Path) -> Result<Recovered> {
 /// header that is missing, partial or all zeros (the file was created, its header not yet on
 /// the disk). A segment with a good header and nothing after it is empty too.
 fn segment_is_empty(path: &Path) -> Result<bool> {
+    // Decided by the size first: a segment with records is not read twice on open.
+    if std::fs::metadata(path)?.len() > SEGMENT_HEADER as u64 {
+        return Ok(false);
+    }
     let data = std::fs::read(path)?;
-    let header = WAL_MAGIC.len() + 8;
-    Ok(data.len() <= header
-        && (data.len() < header || data.starts_with(WAL_MAGIC) || data.iter().all(|&b| b == 0)))
+    Ok(data.len() < SEGMENT_HEADER || data.starts_with(WAL_MAGIC) || data.iter().all(|&b| b == 0))
 }
 
 /// Cuts the end of the last segment off at `good` (a record a crash interrupted: written, never
@@ -996,7 +1000,7 @@ fn replay_segment(
 ) -> Result<u64> {
     let data = std::fs::read(path)?;
     let name = path.display();
-    let header = WAL_MAGIC.len() + 8;
+    let header = SEGMENT_HEADER;
     if data.len() < header || &data[..8] != WAL_MAGIC || be_u64(&data[8..16]) != first {
         return Err(damaged(dir, format!("log segment {name} has a bad header")));
     }

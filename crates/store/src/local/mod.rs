@@ -694,16 +694,7 @@ fn merge_adds(mutations: Vec<Mutation>) -> Vec<Mutation> {
                 out.push(m);
             }
             Mutation::ClearRange(ref b, ref e) => {
-                let doomed: Vec<Vec<u8>> = open
-                    .range::<[u8], _>((
-                        Bound::Included(b.as_slice()),
-                        Bound::Excluded(e.as_slice()),
-                    ))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in doomed {
-                    open.remove(&k);
-                }
+                open.retain(|k, _| k < b || k >= e);
                 out.push(m);
             }
             Mutation::VersionstampedKey { .. } => {
