@@ -59,6 +59,7 @@ pub use crate::job::{
     NewJob, Outcome, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_TIMEOUT, MAX_KEPT_ERRORS,
 };
 pub use crate::queue::{
-    ClaimRequest, PruneStats, Queue, MAX_ARGS_BYTES, MAX_BATCH, MAX_KEY_LEN, MAX_KIND_LEN,
+    json_size, ClaimRequest, PruneStats, Queue, MAX_ARGS_BYTES, MAX_BATCH, MAX_KEY_LEN,
+    MAX_KIND_LEN,
 };
 pub use crate::read::{ListFilter, Page, WaitReason, MAX_PAGE};

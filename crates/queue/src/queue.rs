@@ -556,8 +556,8 @@ impl Queue {
                         .tenant_work(tx, &TenantKeys::new(tenant), now, kinds)
                         .await?
                     {
-                        Work::Claimable if busy.len() < want => busy.push(tenant),
-                        Work::Claimable | Work::Later => {}
+                        Work::Claimable => busy.push(tenant),
+                        Work::Later => {}
                         Work::None => idle.push(tenant),
                     }
                 }
@@ -945,7 +945,7 @@ impl Queue {
             .transact(|tx, _| async move {
                 let keys = TenantKeys::new(lease.tenant);
                 let job = load_required(&tx, &keys, lease.job_id).await?;
-                if job.ended_token == Some(lease.token) && job.state == JobState::Completed {
+                if completed_by(&job, lease) {
                     return Ok(()); // An earlier attempt of this call committed.
                 }
                 check_fence(&job, lease)?;
@@ -974,7 +974,9 @@ impl Queue {
             ));
         }
         // One transaction carries every record: keep it well inside the store's limit.
-        let result_bytes: usize = done.iter().map(|(_, r)| args_len(r) as usize).sum();
+        let result_bytes = done
+            .iter()
+            .fold(0usize, |sum, (_, r)| sum.saturating_add(json_size(r)));
         if result_bytes > MAX_BATCH_RESULT_BYTES {
             return Err(Error::invalid(
                 "done",
@@ -1002,7 +1004,7 @@ impl Queue {
                         }
                         Err(e) => return Err(e),
                     };
-                    if job.ended_token == Some(lease.token) && job.state == JobState::Completed {
+                    if completed_by(&job, lease) {
                         out.push(Ok(())); // An earlier attempt of this call committed.
                         continue;
                     }
@@ -1609,7 +1611,25 @@ impl Queue {
 
 /// The size of a job's arguments as JSON.
 fn args_len(args: &serde_json::Value) -> u64 {
-    serde_json::to_vec(args).map_or(u64::MAX, |v| v.len() as u64)
+    json_size(args) as u64
+}
+
+/// The size of `value` as compact JSON, counted without building it (`usize::MAX` if it does
+/// not serialize). The one measure of arguments and results against the queue's limits.
+#[must_use]
+pub fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 /// Sums the shards of a counter (snapshot: no conflicts; this transaction's own adds count).
@@ -1734,6 +1754,11 @@ async fn still_held(tx: &Transaction, leases: Vec<Lease>) -> Result<Vec<Lease>> 
     Ok(held)
 }
 
+/// True if `lease`'s own completion is already applied (a retried report finds it).
+fn completed_by(job: &Job, lease: &Lease) -> bool {
+    job.ended_token == Some(lease.token) && job.state == JobState::Completed
+}
+
 fn check_fence(job: &Job, lease: &Lease) -> Result<()> {
     let held = job.state == JobState::Running
         && job.lease.as_ref().is_some_and(|l| l.token == lease.token);
@@ -1841,7 +1866,7 @@ pub(crate) fn validate_new_job(job: &NewJob) -> Result<()> {
             ));
         }
     }
-    let args_len = serde_json::to_vec(&job.args).map_or(usize::MAX, |v| v.len());
+    let args_len = json_size(&job.args);
     if args_len > MAX_ARGS_BYTES {
         return Err(Error::invalid(
             "args",
@@ -1854,6 +1879,17 @@ pub(crate) fn validate_new_job(job: &NewJob) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_size_is_the_length_of_the_serialized_json() {
+        for v in [
+            serde_json::json!(null),
+            serde_json::json!({"a": [1, 2.5, "x\"y"], "b": {"c": true}}),
+            serde_json::json!("é".repeat(1000)),
+        ] {
+            assert_eq!(json_size(&v), serde_json::to_vec(&v).unwrap().len());
+        }
+    }
 
     #[test]
     fn recent_claims_hide_a_job_only_from_snapshots_older_than_its_claim() {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use steward_queue::{Error, Lease, Queue};
+use steward_queue::{json_size, Error, Lease, Queue};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -54,12 +54,12 @@ impl Completer {
 
 async fn run(queue: Arc<Queue>, mut rx: mpsc::UnboundedReceiver<(Lease, Value, Reply)>) {
     while let Some(first) = rx.recv().await {
-        let mut bytes = value_len(&first.1);
+        let mut bytes = json_size(&first.1);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(next) => {
-                    bytes += value_len(&next.1);
+                    bytes = bytes.saturating_add(json_size(&next.1));
                     batch.push(next);
                 }
                 Err(_) => break,
@@ -86,8 +86,4 @@ async fn run(queue: Arc<Queue>, mut rx: mpsc::UnboundedReceiver<(Lease, Value, R
             }
         }
     }
-}
-
-fn value_len(value: &Value) -> usize {
-    serde_json::to_vec(value).map_or(MAX_BATCH_BYTES, |v| v.len())
 }

@@ -212,7 +212,7 @@ pub(crate) fn new_job(state: &AppState, req: EnqueueRequest, prefix: &str) -> Ap
     let args = req
         .args
         .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
-    let size = serde_json::to_vec(&args).map_or(usize::MAX, |v| v.len());
+    let size = steward_queue::json_size(&args);
     let max = state.inner.config.max_args_bytes;
     if size > max {
         return Err(ApiError::new(
