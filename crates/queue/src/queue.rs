@@ -17,11 +17,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use steward_store::limits::MAX_VALUE_SIZE;
-use steward_store::{Database, IdGenerator, RangeOption, RunOptions, Transaction};
+use steward_store::{Database, IdGenerator, Priority, RangeOption, RunOptions, Transaction};
 use uuid::Uuid;
 
 use crate::config::{QueueConfig, TenantQueueConfig};
@@ -52,6 +53,9 @@ const CLAIM_RETRY: RunOptions = RunOptions {
     max_attempts: Some(steward_store::DEFAULT_MAX_ATTEMPTS),
     initial_backoff: Duration::from_millis(1),
     max_backoff: Duration::from_millis(100),
+    // Claims are background work: on a busy store they yield to enqueues and reads (see
+    // `Priority::Batch`), which keeps a small tenant's enqueue fast while a flood is claimed.
+    priority: Priority::Batch,
 };
 
 /// `complete_many` refuses a batch whose results take more than this (the store's transaction
@@ -109,45 +113,121 @@ pub struct Queue {
     recent: RecentClaims,
 }
 
-/// Jobs this process claimed lately, with the commit version of the claim, so that its other
-/// claims skip them while their snapshots are older than that commit and still show them queued.
-/// Without it, the workers of one process (sharing one `Queue`) picked jobs already claimed from
-/// stale heads of the ready index (on the embedded store a commit becomes visible only after its
-/// disk sync), and under load many claims ended in conflicts and backoff. Purely an
-/// optimisation: the store's conflict check stays the rule, and an entry only hides a job from
-/// snapshots older than the commit that claimed it. (Hiding jobs of claims still in flight too
-/// was tried: a claim that then conflicted and backed off kept a small tenant's job from every
-/// other worker, and small tenants' waits under a flood got worse.)
+/// Jobs this process's claims are taking now or took lately, so that its other claims keep
+/// away from them. Without it, the workers of one process (sharing one `Queue`) picked the same
+/// jobs from the head of the ready index: a claim cannot see another's writes before that one
+/// commits (on the embedded store, before its disk sync), and with 16 workers claiming 32 jobs
+/// each from a window of 512, most claims ended in a conflict and backoff (2.2 attempts per
+/// claim under a flood, measured). Purely an optimisation: the store's conflict check stays
+/// the rule.
+///
+/// A job is marked [`Mark::Taking`] when an attempt chooses it, and hidden from every other
+/// claim until the attempt ends: if it commits, the mark becomes [`Mark::Claimed`] with the
+/// commit's version, hiding the job only from snapshots older than that; if it fails, the mark
+/// goes at once, before the attempt backs off (holding it through the backoff kept a small
+/// tenant's job from every other worker, which was measured to hurt more than it helped).
 #[derive(Debug, Default)]
-struct RecentClaims(Mutex<HashMap<Uuid, u64>>);
+struct RecentClaims {
+    marks: Mutex<HashMap<Uuid, Mark>>,
+    attempts: AtomicU64,
+}
+
+/// How a claim of this process holds a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Chosen by the claim attempt with this number, which has not committed yet.
+    Taking(u64),
+    /// Claimed by a commit at this version.
+    Claimed(u64),
+}
 
 impl RecentClaims {
-    /// Drops candidates claimed by a commit newer than `read_version`.
-    /// Returns how many it dropped.
-    fn filter(&self, candidates: &mut Vec<(u8, i64, Uuid)>, read_version: u64) -> usize {
-        let recent = lock(&self.0);
-        if recent.is_empty() {
-            return 0;
-        }
+    /// A number for a new claim attempt.
+    fn next_attempt(&self) -> u64 {
+        self.attempts.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Drops from `candidates` the jobs another attempt is taking and those claimed by a commit
+    /// newer than `read_version`, lets `choose` pick from the rest, and marks the picked jobs
+    /// as taken by `attempt`, all under one lock (so two attempts never pick the same job
+    /// here). Returns the picked jobs and how many candidates were dropped.
+    fn take(
+        &self,
+        candidates: &mut Vec<(u8, i64, Uuid)>,
+        read_version: u64,
+        attempt: u64,
+        choose: impl FnOnce(&[(u8, i64, Uuid)]) -> Vec<Uuid>,
+    ) -> (Vec<Uuid>, usize) {
+        let mut marks = lock(&self.marks);
         let before = candidates.len();
-        candidates.retain(|c| recent.get(&c.2).is_none_or(|&v| v <= read_version));
-        before - candidates.len()
+        if !marks.is_empty() {
+            candidates.retain(|c| match marks.get(&c.2) {
+                None => true,
+                Some(Mark::Taking(a)) => *a == attempt,
+                Some(Mark::Claimed(v)) => *v <= read_version,
+            });
+        }
+        let skipped = before - candidates.len();
+        let chosen = choose(candidates);
+        for id in &chosen {
+            marks.insert(*id, Mark::Taking(attempt));
+        }
+        (chosen, skipped)
     }
 
+    /// Jobs marked, taken or claimed.
     fn len(&self) -> usize {
-        lock(&self.0).len()
+        lock(&self.marks).len()
     }
 
-    fn mark(&self, ids: &[Uuid], version: u64) {
-        let mut recent = lock(&self.0);
-        for id in ids {
-            recent.insert(*id, version);
+    /// `attempt` ended: `claimed` (if it committed) are claimed at `version`; whatever else it
+    /// was taking is free again.
+    fn settle(&self, attempt: u64, claimed: Option<(&[Uuid], u64)>) {
+        let mut marks = lock(&self.marks);
+        marks.retain(|_, m| *m != Mark::Taking(attempt));
+        if let Some((ids, version)) = claimed {
+            for id in ids {
+                marks.insert(*id, Mark::Claimed(version));
+            }
         }
     }
 
     /// Forgets claims that every snapshot from `read_version` on sees.
     fn expire(&self, read_version: u64) {
-        lock(&self.0).retain(|_, v| *v > read_version);
+        lock(&self.marks).retain(|_, m| match m {
+            Mark::Taking(_) => true,
+            Mark::Claimed(v) => *v > read_version,
+        });
+    }
+}
+
+/// Frees what a claim attempt is taking if the claim is dropped midway (its task aborted).
+struct Attempt<'a> {
+    recent: &'a RecentClaims,
+    current: Mutex<Option<u64>>,
+}
+
+impl Attempt<'_> {
+    /// Starts a new attempt, freeing the previous one's jobs if they were not settled.
+    fn start(&self) -> u64 {
+        let attempt = self.recent.next_attempt();
+        if let Some(previous) = lock(&self.current).replace(attempt) {
+            self.recent.settle(previous, None);
+        }
+        attempt
+    }
+
+    /// The current attempt ended, with its claimed jobs and commit version if it committed.
+    fn end(&self, claimed: Option<(&[Uuid], u64)>) {
+        if let Some(attempt) = lock(&self.current).take() {
+            self.recent.settle(attempt, claimed);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.end(None);
     }
 }
 
@@ -188,6 +268,15 @@ impl Queue {
     #[must_use]
     pub fn db(&self) -> &Database {
         &self.db
+    }
+
+    /// The store's retry policy at batch priority: the workers' bulk reports (a batch of
+    /// completions) yield to enqueues and reads on a busy store, as claims do.
+    fn background(&self) -> RunOptions {
+        RunOptions {
+            priority: Priority::Batch,
+            ..self.db.run_options().clone()
+        }
     }
 
     /// The configuration.
@@ -427,46 +516,60 @@ impl Queue {
         // a commit first looks for the earlier leases (tokens are unique per attempt).
         let earlier: Mutex<Vec<Lease>> = Mutex::new(Vec::new());
         let earlier = &earlier;
-        // The jobs the latest attempt claimed, and its commit's versionstamp.
-        let marked: Mutex<Vec<Uuid>> = Mutex::new(Vec::new());
-        let marked = &marked;
+        // The attempt's number, for the jobs it marks as being taken.
+        let attempt = &Attempt {
+            recent: &self.recent,
+            current: Mutex::new(None),
+        };
+        // The latest attempt's commit versionstamp, if it claimed anything.
         let stamp = Mutex::new(None);
         let stamp = &stamp;
         let leases: Vec<Lease> = self
             .db
-            .transact_with(&CLAIM_RETRY, |tx, maybe_committed| async move {
-                lock(marked).clear();
-                *lock(stamp) = None;
-                if maybe_committed.0 {
-                    let tried = lock(earlier).clone();
-                    let held = still_held(&tx, tried).await?;
-                    if !held.is_empty() {
-                        return Ok(held);
+            .transact_observed(
+                &CLAIM_RETRY,
+                |tx, maybe_committed| async move {
+                    let number = attempt.start();
+                    *lock(stamp) = None;
+                    if maybe_committed.0 {
+                        let tried = lock(earlier).clone();
+                        let held = still_held(&tx, tried).await?;
+                        if !held.is_empty() {
+                            return Ok(held);
+                        }
                     }
-                }
-                let leases = self.claim_in(&tx, req).await?;
-                lock(earlier).extend(leases.iter().cloned());
-                if !leases.is_empty() {
-                    *lock(marked) = leases.iter().map(|l| l.job_id).collect();
-                    *lock(stamp) = Some(tx.versionstamp());
-                }
-                Ok::<_, Error>(leases)
-            })
+                    let leases = self.claim_in(&tx, req, number).await?;
+                    lock(earlier).extend(leases.iter().cloned());
+                    if !leases.is_empty() {
+                        *lock(stamp) = Some(tx.versionstamp());
+                    }
+                    Ok::<_, Error>(leases)
+                },
+                // Free the jobs at once, not after the backoff.
+                |_| attempt.end(None),
+            )
             .await?;
         let pending = lock(stamp).take();
-        if let Some(committed) = pending {
-            // Claimed from the commit's version on; older snapshots must skip them.
-            if let Ok(s) = committed.await {
+        let version = match pending {
+            Some(committed) => committed.await.ok().map(|s| {
                 let mut version = [0u8; 8];
                 version.copy_from_slice(&s[..8]);
-                let ids = std::mem::take(&mut *lock(marked));
-                self.recent.mark(&ids, u64::from_be_bytes(version));
-            }
-        }
+                u64::from_be_bytes(version)
+            }),
+            None => None,
+        };
+        // Claimed from the commit's version on; older snapshots must skip them.
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.job_id).collect();
+        attempt.end(version.map(|v| (ids.as_slice(), v)));
         Ok(leases)
     }
 
-    async fn claim_in(&self, tx: &Transaction, req: &ClaimRequest) -> Result<Vec<Lease>> {
+    async fn claim_in(
+        &self,
+        tx: &Transaction,
+        req: &ClaimRequest,
+        attempt: u64,
+    ) -> Result<Vec<Lease>> {
         let now = self.now();
         let read_version = tx.read_version().await?;
         self.recent.expire(read_version);
@@ -499,7 +602,7 @@ impl Queue {
                 .unwrap_or(req.max)
                 .clamp(1, req.max - leases.len());
             let got = self
-                .claim_tenant(tx, *t, cfg, req, now, quota, &mut leases)
+                .claim_tenant(tx, *t, cfg, req, now, quota, attempt, &mut leases)
                 .await?;
             if got == TenantVisit::Full {
                 hungry.push((*t, cfg));
@@ -510,7 +613,7 @@ impl Queue {
             if need == 0 {
                 break;
             }
-            self.claim_tenant(tx, t, cfg, req, now, need, &mut leases)
+            self.claim_tenant(tx, t, cfg, req, now, need, attempt, &mut leases)
                 .await?;
         }
         Ok(leases)
@@ -621,6 +724,7 @@ impl Queue {
         req: &ClaimRequest,
         now: i64,
         quota: usize,
+        attempt: u64,
         leases: &mut Vec<Lease>,
     ) -> Result<TenantVisit> {
         let keys = TenantKeys::new(tenant);
@@ -679,11 +783,14 @@ impl Queue {
             );
         }
         candidates.sort_unstable();
-        // Jobs other workers of this process claimed at versions this snapshot does not show.
-        let skipped = self
+        // Not the jobs other claims of this process are taking, or claimed at versions this
+        // snapshot does not show.
+        let read_version = tx.read_version().await?;
+        let (chosen, skipped) = self
             .recent
-            .filter(&mut candidates, tx.read_version().await?);
-        let chosen = self.choose(&candidates, need);
+            .take(&mut candidates, read_version, attempt, |c| {
+                self.choose(c, need)
+            });
         let mut claimed = 0;
         for id in chosen {
             let Some(job) = load(tx, &keys, id).await? else {
@@ -987,7 +1094,7 @@ impl Queue {
             ));
         }
         self.db
-            .transact(|tx, _| async move {
+            .transact_with(&self.background(), |tx, _| async move {
                 let mut out = Vec::with_capacity(done.len());
                 for (lease, result) in done {
                     let keys = TenantKeys::new(lease.tenant);
@@ -1891,23 +1998,77 @@ mod tests {
         }
     }
 
+    fn ids(c: &[(u8, i64, Uuid)]) -> Vec<Uuid> {
+        c.iter().map(|c| c.2).collect()
+    }
+
     #[test]
-    fn recent_claims_hide_a_job_only_from_snapshots_older_than_its_claim() {
+    fn jobs_being_taken_are_hidden_from_other_attempts_until_the_attempt_ends() {
         let recent = RecentClaims::default();
         let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         let all = vec![(0, 0, a), (0, 1, b), (0, 2, c)];
-        recent.mark(&[a, b], 10);
+        let (first, second) = (recent.next_attempt(), recent.next_attempt());
+        let (chosen, skipped) = recent.take(&mut all.clone(), 5, first, |c| ids(&c[..2]));
+        assert_eq!((chosen, skipped), (vec![a, b], 0));
+        // Another attempt sees only c; the taking attempt still sees its own jobs.
+        let mut seen = all.clone();
+        let (chosen, skipped) = recent.take(&mut seen, 5, second, ids);
+        assert_eq!((chosen, skipped), (vec![c], 2));
+        let mut own = all.clone();
+        assert_eq!(
+            recent.take(&mut own, 5, first, |_| Vec::new()).1,
+            1,
+            "c is taken"
+        );
+        // The second attempt failed: c is free at once.
+        recent.settle(second, None);
+        let mut seen = all.clone();
+        assert_eq!(
+            recent.take(&mut seen, 5, recent.next_attempt(), |_| Vec::new()),
+            (Vec::new(), 2)
+        );
+        assert_eq!(ids(&seen), vec![c]);
+    }
+
+    #[test]
+    fn claimed_jobs_are_hidden_only_from_snapshots_older_than_their_claim() {
+        let recent = RecentClaims::default();
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let all = vec![(0, 0, a), (0, 1, b), (0, 2, c)];
+        let attempt = recent.next_attempt();
+        recent.take(&mut all.clone(), 5, attempt, ids);
+        // It committed at version 10 with a and b (c was no longer queued in its snapshot).
+        recent.settle(attempt, Some((&[a, b], 10)));
+        let other = recent.next_attempt();
         let mut seen_at_9 = all.clone();
-        assert_eq!(recent.filter(&mut seen_at_9, 9), 2);
-        assert_eq!(seen_at_9, vec![(0, 2, c)]);
+        assert_eq!(recent.take(&mut seen_at_9, 9, other, |_| Vec::new()).1, 2);
+        assert_eq!(ids(&seen_at_9), vec![c]);
         // A snapshot at the claim's version or later shows the jobs as running: nothing to hide.
         let mut seen_at_10 = all.clone();
-        assert_eq!(recent.filter(&mut seen_at_10, 10), 0);
-        assert_eq!(seen_at_10, all);
+        assert_eq!(recent.take(&mut seen_at_10, 10, other, |_| Vec::new()).1, 0);
         recent.expire(10);
         assert_eq!(recent.len(), 0);
-        let mut seen_at_1 = all.clone();
-        assert_eq!(recent.filter(&mut seen_at_1, 1), 0);
+    }
+
+    #[test]
+    fn a_dropped_claim_frees_what_its_attempt_was_taking() {
+        let recent = RecentClaims::default();
+        let a = Uuid::from_u128(1);
+        {
+            let attempt = Attempt {
+                recent: &recent,
+                current: Mutex::new(None),
+            };
+            let n = attempt.start();
+            recent.take(&mut vec![(0, 0, a)], 1, n, ids);
+            assert_eq!(recent.len(), 1);
+            // A retry frees the first attempt's jobs before taking again.
+            let m = attempt.start();
+            assert_eq!(recent.len(), 0);
+            recent.take(&mut vec![(0, 0, a)], 1, m, ids);
+            assert_eq!(recent.len(), 1);
+        }
+        assert_eq!(recent.len(), 0, "dropped midway: nothing stays hidden");
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl Backend {
             max_attempts: Some(DEFAULT_MAX_ATTEMPTS),
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(50),
+            ..RunOptions::default()
         })
         .await
     }
@@ -2473,6 +2474,7 @@ pub async fn run_gives_up_after_max_attempts(backend: &Backend) {
             max_attempts: Some(3),
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(1),
+            ..RunOptions::default()
         })
         .await;
     let always_conflicts = |attempts: &mut u32, tx: Transaction| {
@@ -2511,6 +2513,7 @@ pub async fn run_gives_up_after_max_attempts(backend: &Backend) {
         max_attempts: Some(5),
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(1),
+        ..RunOptions::default()
     };
     let mut attempts = 0u32;
     let result =
@@ -2518,6 +2521,32 @@ pub async fn run_gives_up_after_max_attempts(backend: &Backend) {
             .await;
     assert!(result.is_err());
     assert_eq!(attempts, 5, "transact_with's max_attempts");
+
+    // `transact_observed` hears of each failed attempt once, before the next attempt starts.
+    let started = std::cell::Cell::new(0u32);
+    let mut heard = Vec::new();
+    let result =
+        s.db.transact_observed(
+            &five,
+            |tx, _| {
+                started.set(started.get() + 1);
+                let mut n = 0;
+                always_conflicts(&mut n, tx)
+            },
+            |e: &Error| heard.push((started.get(), e.class())),
+        )
+        .await;
+    assert!(result.is_err());
+    let expected: Vec<u32> = (1..=5).collect();
+    assert_eq!(
+        heard.iter().map(|h| h.0).collect::<Vec<_>>(),
+        expected,
+        "one call per failed attempt, the last included: {heard:?}"
+    );
+    assert!(
+        heard.iter().all(|h| h.1 != ErrorClass::Permanent),
+        "{heard:?}"
+    );
 
     // The limit does not get in the way of a transaction that can succeed (fault-free here:
     // three attempts under fault injection may all fail).

@@ -38,6 +38,23 @@ pub struct RunOptions {
     pub initial_backoff: Duration,
     /// Backoff ceiling (FoundationDB's default: 1 s).
     pub max_backoff: Duration,
+    /// How the store ranks the transactions (default: [`Priority::Default`]).
+    pub priority: Priority,
+}
+
+/// How the store ranks a transaction when it is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Interactive work.
+    #[default]
+    Default,
+    /// Background work that yields to the rest when the store is busy: FoundationDB's
+    /// `priority_batch` (its ratekeeper throttles such transactions first, and may stop them
+    /// while the cluster recovers from a failure); on the embedded store, at most
+    /// [`OpenOptions::embedded_batch_in_flight`] attempts run at once. A batch transaction must
+    /// not wait on another batch transaction of the same store (with a limit of one, it would
+    /// wait forever).
+    Batch,
 }
 
 /// Default attempt limit of [`Database::run`]: generous enough for heavy contention, finite so
@@ -50,6 +67,7 @@ impl Default for RunOptions {
             max_attempts: Some(DEFAULT_MAX_ATTEMPTS),
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(1),
+            priority: Priority::Default,
         }
     }
 }
@@ -65,9 +83,19 @@ pub struct OpenOptions {
     pub run: RunOptions,
     /// `embedded:` only: once the current log segment holds this many bytes, the engine starts
     /// a new one and writes a checkpoint of the whole store in the background, after which the
-    /// old segments are deleted (default 64 MiB). Smaller means faster opens and more writing.
+    /// old segments are deleted (default 256 MiB, or twice the last checkpoint's size if that is
+    /// more). Smaller means faster opens and more writing.
     pub embedded_checkpoint_bytes: u64,
+    /// `embedded:` only: at most this many [`Priority::Batch`] attempts run at once (from
+    /// their first read to the end of their commit; default
+    /// [`DEFAULT_EMBEDDED_BATCH_IN_FLIGHT`]). Background work then cannot fill the engine's
+    /// queue and the CPU: interactive transactions keep their latency while it floods the
+    /// store, as FoundationDB's ratekeeper does for batch priority. At least 1.
+    pub embedded_batch_in_flight: usize,
 }
+
+/// Default of [`OpenOptions::embedded_batch_in_flight`].
+pub const DEFAULT_EMBEDDED_BATCH_IN_FLIGHT: usize = 2;
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -76,6 +104,7 @@ impl Default for OpenOptions {
             seed: None,
             run: RunOptions::default(),
             embedded_checkpoint_bytes: crate::local::embedded::DEFAULT_CHECKPOINT_BYTES,
+            embedded_batch_in_flight: DEFAULT_EMBEDDED_BATCH_IN_FLIGHT,
         }
     }
 }
@@ -92,6 +121,8 @@ struct DbInner {
     clock: SharedClock,
     rng: Mutex<fastrand::Rng>,
     run: RunOptions,
+    /// Admission of batch-priority attempts (embedded only).
+    batch: Option<Arc<tokio::sync::Semaphore>>,
     #[cfg(feature = "testing")]
     faults: Option<Arc<FaultInjector>>,
 }
@@ -148,6 +179,11 @@ impl Database {
                 }),
             };
         let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
+        let batch = matches!(url, StoreUrl::Embedded(_)).then(|| {
+            Arc::new(tokio::sync::Semaphore::new(
+                options.embedded_batch_in_flight.max(1),
+            ))
+        });
         Ok(Database {
             inner: Arc::new(DbInner {
                 backend,
@@ -155,6 +191,7 @@ impl Database {
                 clock: options.clock,
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
                 run: options.run,
+                batch,
                 #[cfg(feature = "testing")]
                 faults: None,
             }),
@@ -189,6 +226,12 @@ impl Database {
         &self.inner.clock
     }
 
+    /// The retry policy of [`Database::run`].
+    #[must_use]
+    pub fn run_options(&self) -> &RunOptions {
+        &self.inner.run
+    }
+
     /// This database with faults injected into every transaction (feature `testing`). The
     /// returned handle shares the store with `self`.
     #[cfg(feature = "testing")]
@@ -206,6 +249,7 @@ impl Database {
                 clock: Arc::clone(&self.inner.clock),
                 rng: Mutex::new(fastrand::Rng::with_seed(config.seed ^ 0x5eed)),
                 run: self.inner.run.clone(),
+                batch: self.inner.batch.clone(),
                 faults: Some(Arc::new(FaultInjector::new(config))),
             }),
         }
@@ -223,13 +267,18 @@ impl Database {
     /// # Errors
     /// Backend errors creating the transaction.
     pub fn create_transaction(&self) -> Result<Transaction> {
+        self.create_transaction_at(Priority::Default)
+    }
+
+    #[cfg_attr(not(feature = "fdb"), allow(unused_variables))]
+    fn create_transaction_at(&self, priority: Priority) -> Result<Transaction> {
         let backend = match &self.inner.backend {
             DbBackend::Local(engine) => TxBackend::Local(LocalTx::new(
                 Arc::clone(engine),
                 Arc::clone(&self.inner.clock),
             )),
             #[cfg(feature = "fdb")]
-            DbBackend::Fdb(db) => TxBackend::Fdb(db.create_transaction()?),
+            DbBackend::Fdb(db) => TxBackend::Fdb(db.create_transaction(priority)?),
         };
         let nonce = self
             .inner
@@ -292,22 +341,51 @@ impl Database {
     ///
     /// # Errors
     /// As [`Database::run`].
-    pub async fn transact_with<F, Fut, T, E>(
+    pub async fn transact_with<F, Fut, T, E>(&self, options: &RunOptions, body: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction, MaybeCommitted) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: TransactError,
+    {
+        self.transact_observed(options, body, |_| {}).await
+    }
+
+    /// [`Database::transact_with`] that calls `failed` after every attempt that did not commit
+    /// (or may not have), at once: before the backoff and before the error is returned. A body
+    /// that announces what it is about to write (so that others keep away from it) withdraws
+    /// that there, rather than holding it through the backoff.
+    ///
+    /// # Errors
+    /// As [`Database::run`].
+    pub async fn transact_observed<F, Fut, T, E, H>(
         &self,
         options: &RunOptions,
         mut body: F,
+        mut failed: H,
     ) -> Result<T, E>
     where
         F: FnMut(Transaction, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: TransactError,
+        H: FnMut(&E),
     {
         let mut maybe_committed = false;
         let mut backoff = options.initial_backoff;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let tx = self.create_transaction()?;
+            // A batch attempt waits for its turn before its first read, so that it reads the
+            // state as of when it runs; the turn is given back before any backoff.
+            let admitted = match (&self.inner.batch, options.priority) {
+                (Some(limit), Priority::Batch) => Some(
+                    Arc::clone(limit)
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| E::from(Error::TransactionCancelled))?,
+                ),
+                _ => None,
+            };
+            let tx = self.create_transaction_at(options.priority)?;
             let outcome = match body(tx.clone(), MaybeCommitted(maybe_committed)).await {
                 Ok(value) => match tx.commit().await {
                     Ok(_) => return Ok(value),
@@ -318,6 +396,8 @@ impl Database {
                     e
                 }
             };
+            drop(admitted);
+            failed(&outcome);
             let class = outcome.store_error().map(Error::class);
             match class {
                 Some(ErrorClass::Retryable) => {}

@@ -62,6 +62,7 @@ use foundationdb::options::{self, ConflictRangeType};
 use foundationdb::{FdbError, FdbResult, KeySelector};
 use futures::future::{self, BoxFuture, FutureExt};
 
+use crate::database::Priority;
 use crate::error::{Error, Result};
 use crate::fdb_logic::{self, RangePlan, StreamingMode, API_VERSION};
 use crate::types::{
@@ -129,8 +130,12 @@ impl FdbDatabase {
         Ok(FdbDatabase { db: Arc::new(db) })
     }
 
-    pub(crate) fn create_transaction(&self) -> Result<FdbTx> {
+    pub(crate) fn create_transaction(&self, priority: Priority) -> Result<FdbTx> {
         let tx = self.db.create_trx().map_err(fdb_error)?;
+        if priority == Priority::Batch {
+            tx.set_option(foundationdb::options::TransactionOption::PriorityBatch)
+                .map_err(fdb_error)?;
+        }
         Ok(FdbTx {
             tx,
             deferred: Mutex::new(None),

@@ -65,7 +65,8 @@ pub use foundationdb_tuple as tuple;
 
 pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use crate::database::{
-    Database, MaybeCommitted, OpenOptions, RunOptions, DEFAULT_MAX_ATTEMPTS,
+    Database, MaybeCommitted, OpenOptions, Priority, RunOptions, DEFAULT_EMBEDDED_BATCH_IN_FLIGHT,
+    DEFAULT_MAX_ATTEMPTS,
 };
 pub use crate::error::{classify_fdb_code, code, Error, ErrorClass, Result, TransactError};
 #[cfg(feature = "testing")]

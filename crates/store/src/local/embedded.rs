@@ -27,9 +27,9 @@
 //! PATH/checkpoint             the whole map at one version (optional)
 //! PATH/wal-<first version>.log  log segments, replayed in order on open
 //! ```
-//! When the current segment passes [`crate::OpenOptions::embedded_checkpoint_bytes`] and the size
-//! of the last checkpoint (so the work of checkpointing stays proportional to the log written, as
-//! Redis's `auto-aof-rewrite-percentage 100`), the log thread starts a new segment and a background thread writes the map as of the old segment's end
+//! When the current segment passes [`crate::OpenOptions::embedded_checkpoint_bytes`] (256 MiB)
+//! and twice the size of the last checkpoint (so the work of checkpointing stays at most half the
+//! log written, as Redis's `auto-aof-rewrite-percentage 200`), the log thread starts a new segment and a background thread writes the map as of the old segment's end
 //! to `checkpoint.tmp`, syncs it, renames it over `checkpoint`, and deletes the old segments. A
 //! crash at any point leaves a checkpoint and the segments after it.
 //!
@@ -93,7 +93,9 @@ const MAX_LOG_BATCH_BYTES: usize = 32 << 20;
 /// limit by a whole group (`MAX_GROUP_BYTES` of mutations, logged with their framing).
 const MAX_TORN_BYTES: u64 = 128 << 20;
 /// The default size of a log segment before a checkpoint is taken.
-pub(crate) const DEFAULT_CHECKPOINT_BYTES: u64 = 64 << 20;
+pub(crate) const DEFAULT_CHECKPOINT_BYTES: u64 = 256 << 20;
+/// A segment grows to at least this many times the last checkpoint's size before the next.
+const CHECKPOINT_GROWTH: u64 = 2;
 
 struct Job {
     req: CommitRequest,
@@ -603,9 +605,10 @@ impl LogWriter {
             }
             self.segment_bytes += buf.len() as u64;
             self.publish(batch);
-            let threshold = self
-                .checkpoint_bytes
-                .max(self.last_checkpoint_bytes.load(Ordering::Relaxed));
+            let threshold = self.checkpoint_bytes.max(
+                CHECKPOINT_GROWTH
+                    .saturating_mul(self.last_checkpoint_bytes.load(Ordering::Relaxed)),
+            );
             if self.segment_bytes >= threshold {
                 if let Err(e) = self.rotate() {
                     // The current segment stays in use; the next record tries again.
@@ -752,6 +755,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint being written is synced every this many bytes.
+const CHECKPOINT_SYNC_BYTES: usize = 4 << 20;
+
 /// Writes `map` at `version` to `checkpoint.tmp`, syncs it and renames it over `checkpoint`.
 /// Returns the number of entries and the file's size.
 fn write_checkpoint(dir: &Path, version: u64, map: &Map) -> Result<(u64, u64)> {
@@ -767,11 +773,20 @@ fn write_checkpoint(dir: &Path, version: u64, map: &Map) -> Result<(u64, u64)> {
     put(&mut out, CHECKPOINT_MAGIC)?;
     put(&mut out, &version.to_be_bytes())?;
     put(&mut out, &count.to_be_bytes())?;
+    let mut unsynced = 0usize;
     for (k, v) in map {
         for b in [k, v] {
             let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
             put(&mut out, &len.to_be_bytes())?;
             put(&mut out, b)?;
+            unsynced += 4 + b.len();
+        }
+        // Sync as it goes, so that the dirty pages never pile up: with hundreds of megabytes
+        // of them, the log's own syncs (same disk, same file system journal) waited longer.
+        if unsynced >= CHECKPOINT_SYNC_BYTES {
+            out.flush()?;
+            out.get_ref().sync_data()?;
+            unsynced = 0;
         }
     }
     let sum = crc.finalize();

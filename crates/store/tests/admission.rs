@@ -1,0 +1,162 @@
+//! Batch priority on the embedded store: at most `embedded_batch_in_flight` batch attempts run
+//! at once, interactive transactions never wait for them, and an attempt that fails gives its
+//! turn back before it backs off.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use steward_store::{Database, Error, OpenOptions, Priority, RunOptions};
+use tokio::sync::oneshot;
+
+fn open(dir: &tempfile::TempDir, in_flight: usize) -> Database {
+    Database::open_with(
+        &format!("embedded:{}", dir.path().display()),
+        OpenOptions {
+            embedded_batch_in_flight: in_flight,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn batch(backoff: Duration) -> RunOptions {
+    RunOptions {
+        initial_backoff: backoff,
+        max_backoff: backoff,
+        priority: Priority::Batch,
+        ..RunOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_attempts_beyond_the_limit_wait_and_interactive_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, 1);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (release, held) = oneshot::channel::<()>();
+    let (started_tx, started) = oneshot::channel::<()>();
+
+    // The first batch transaction holds the only turn until released.
+    let first = tokio::spawn({
+        let (db, events) = (db.clone(), Arc::clone(&events));
+        async move {
+            let mut once = Some((held, started_tx));
+            db.transact_with(&batch(Duration::from_millis(1)), |tx, _| {
+                let step = once.take();
+                let events = Arc::clone(&events);
+                async move {
+                    if let Some((held, started)) = step {
+                        started.send(()).unwrap();
+                        held.await.unwrap();
+                    }
+                    events.lock().unwrap().push("first");
+                    tx.set(b"first", b"1");
+                    Ok::<_, Error>(())
+                }
+            })
+            .await
+        }
+    });
+    started.await.unwrap();
+    let second = tokio::spawn({
+        let (db, events) = (db.clone(), Arc::clone(&events));
+        async move {
+            db.transact_with(&batch(Duration::from_millis(1)), |tx, _| {
+                let events = Arc::clone(&events);
+                async move {
+                    events.lock().unwrap().push("second");
+                    tx.set(b"second", b"1");
+                    Ok::<_, Error>(())
+                }
+            })
+            .await
+        }
+    });
+    // An interactive transaction commits while the batch one holds the turn.
+    db.run(|tx, _| async move {
+        tx.set(b"interactive", b"1");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        events.lock().unwrap().is_empty(),
+        "the second batch transaction waits for the first: {:?}",
+        events.lock().unwrap()
+    );
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(*events.lock().unwrap(), vec!["first", "second"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_attempt_gives_its_turn_back_before_backing_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, 1);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut attempts = 0;
+    // The first attempt conflicts (another transaction writes what it read), then it backs off
+    // for 1 s (at least 500 ms with jitter); meanwhile another batch transaction gets the turn.
+    let slow = batch(Duration::from_secs(1));
+    let failed_at = Arc::new(Mutex::new(None));
+    let other_at = Arc::new(Mutex::new(None));
+    let result = db
+        .transact_observed(
+            &slow,
+            |tx, _| {
+                attempts += 1;
+                let (db, events, attempt) = (db.clone(), Arc::clone(&events), attempts);
+                async move {
+                    events.lock().unwrap().push(format!("attempt {attempt}"));
+                    tx.get(b"k", false).await?;
+                    if attempt == 1 {
+                        db.run(|w, _| async move {
+                            w.set(b"k", b"changed");
+                            Ok(())
+                        })
+                        .await?;
+                    }
+                    tx.set(b"out", b"1");
+                    Ok::<_, Error>(())
+                }
+            },
+            |_| {
+                *failed_at.lock().unwrap() = Some(Instant::now());
+                let (db, events, other_at) =
+                    (db.clone(), Arc::clone(&events), Arc::clone(&other_at));
+                tokio::spawn(async move {
+                    db.transact_with(&batch(Duration::from_millis(1)), |tx, _| {
+                        let (events, other_at) = (Arc::clone(&events), Arc::clone(&other_at));
+                        async move {
+                            tx.set(b"other", b"1");
+                            events.lock().unwrap().push("other".to_string());
+                            *other_at.lock().unwrap() = Some(Instant::now());
+                            Ok::<_, Error>(())
+                        }
+                    })
+                    .await
+                    .unwrap();
+                });
+            },
+        )
+        .await;
+    result.unwrap();
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec!["attempt 1", "other", "attempt 2"],
+        "the other batch transaction ran during the backoff"
+    );
+    let (failed, other) = (
+        failed_at.lock().unwrap().unwrap(),
+        other_at.lock().unwrap().unwrap(),
+    );
+    assert!(
+        other.duration_since(failed) < Duration::from_millis(400),
+        "not after the backoff: {:?}",
+        other.duration_since(failed)
+    );
+}
