@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use steward_store::tuple::{pack, pack_with_versionstamp, unpack, Versionstamp};
-use steward_store::{Database, Error, OpenOptions, RangeOption};
+use steward_store::{Database, Error, MutationType, OpenOptions, RangeOption};
 
 /// Keys written by each transaction of the load.
 const KEYS_PER_TX: u64 = 8;
@@ -77,6 +77,72 @@ async fn a_second_open_of_a_live_store_names_the_holding_pid() {
     assert!(err
         .to_string()
         .contains(&format!("store is locked by pid {}", std::process::id())));
+}
+
+/// The bytes of the log segments in `dir`.
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn an_atomic_op_that_keeps_a_large_value_logs_nothing_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&url(dir.path())).unwrap();
+    let big = vec![0xffu8; 90_000];
+    db.run(|tx, _| {
+        let big = big.clone();
+        async move {
+            for i in 0..20u8 {
+                tx.set(&[b'k', i], &big);
+            }
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let before = log_bytes(dir.path());
+    // Each op's parameter is one byte and every op keeps the stored value: 40 ops counted at a
+    // few bytes each. Logging their results would add 40 x 90 KB.
+    db.run(|tx, _| async move {
+        for i in 0..20u8 {
+            tx.atomic_op(&[b'k', i], b"\x01", MutationType::ByteMax);
+            tx.atomic_op(&[b'k', i], b"\x02", MutationType::CompareAndClear);
+        }
+        tx.set(b"marker", b"1");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let grew = log_bytes(dir.path()) - before;
+    assert!(grew < 4_096, "the log grew by {grew} bytes");
+    // A changing op is still logged, and the unchanged values survive a reopen.
+    db.run(|tx, _| async move {
+        tx.atomic_op(b"k\x00", b"", MutationType::CompareAndClear);
+        tx.atomic_op(b"k\x01", &[0xffu8; 90_000], MutationType::CompareAndClear);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    drop(db);
+    let db = Database::open(&url(dir.path())).unwrap();
+    let (first, second, third) = db
+        .run(|tx, _| async move {
+            Ok((
+                tx.get(b"k\x00", false).await?,
+                tx.get(b"k\x01", false).await?,
+                tx.get(b"k\x02", false).await?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.as_deref(), Some(big.as_slice()), "no match: kept");
+    assert_eq!(second, None, "equal: cleared");
+    assert_eq!(third.as_deref(), Some(big.as_slice()));
 }
 
 /// The child side of `kill_9_during_concurrent_writes_loses_no_acknowledged_commit`: writes

@@ -134,8 +134,14 @@ pub(crate) fn apply_mutations(
             Mutation::ClearRange(b, e) => kv.delete_range(b, e)?,
             Mutation::Atomic(op, k, p) => {
                 let old = kv.get(k)?;
+                // An op that leaves the value as it was writes (and logs) nothing. So what an
+                // atomic op logs is never longer than its parameter: the transaction's counted
+                // size bounds its log record (`ByteMax` or `CompareAndClear` keeping a large
+                // value would otherwise log the whole value for a parameter of one byte).
                 match apply_atomic(*op, old.as_deref(), p) {
+                    Some(v) if old.as_deref() == Some(v.as_slice()) => {}
                     Some(v) => kv.put(k, &v)?,
+                    None if old.is_none() => {}
                     None => kv.delete(k)?,
                 }
             }
