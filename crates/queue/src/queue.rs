@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::future::try_join_all;
 use steward_store::limits::MAX_VALUE_SIZE;
 use steward_store::{Database, IdGenerator, Priority, RangeOption, RunOptions, Transaction};
 use uuid::Uuid;
@@ -579,10 +580,9 @@ impl Queue {
                 .await?;
         }
         self.with_rng(|r| r.shuffle(&mut tenants));
-        let mut configs = Vec::with_capacity(tenants.len());
-        for &t in &tenants {
-            configs.push(read_tenant_config(tx, &TenantKeys::new(t), true).await?);
-        }
+        let tenant_keys: Vec<TenantKeys> = tenants.iter().map(|&t| TenantKeys::new(t)).collect();
+        let configs =
+            try_join_all(tenant_keys.iter().map(|k| read_tenant_config(tx, k, true))).await?;
         // Weighted fair share: each tenant first gets at most its share of this claim, so a
         // tenant with a million jobs takes no more than its weight's part while others wait;
         // what the others leave is then offered in a second round.
@@ -648,17 +648,24 @@ impl Queue {
                 }
                 let page = tx.get_range(&opt).await?;
                 budget -= page.kvs.len().min(budget);
-                for kv in &page.kvs {
+                // The page's tenants are looked at concurrently (on FoundationDB each look is a
+                // few round trips), then taken in index order as before.
+                let tenants: Vec<Uuid> = page
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| keys::parse_active_tenant(&kv.key))
+                    .collect();
+                let work = try_join_all(
+                    tenants
+                        .iter()
+                        .map(|&t| self.tenant_work(tx, TenantKeys::new(t), now, kinds)),
+                )
+                .await?;
+                for (tenant, work) in tenants.into_iter().zip(work) {
                     if busy.len() >= want {
                         break;
                     }
-                    let Some(tenant) = keys::parse_active_tenant(&kv.key) else {
-                        continue;
-                    };
-                    match self
-                        .tenant_work(tx, &TenantKeys::new(tenant), now, kinds)
-                        .await?
-                    {
+                    match work {
                         Work::Claimable => busy.push(tenant),
                         Work::Later => {}
                         Work::None => idle.push(tenant),
@@ -675,7 +682,7 @@ impl Queue {
     async fn tenant_work(
         &self,
         tx: &Transaction,
-        keys: &TenantKeys,
+        keys: TenantKeys,
         now: i64,
         kinds: Option<&[String]>,
     ) -> Result<Work> {
