@@ -127,6 +127,9 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// The log thread is waiting for records (the sequencer hands over what it has).
     log_idle: AtomicBool,
+    /// The store is being closed: a checkpoint being written is abandoned (its log segments
+    /// stay, so nothing is lost), rather than holding up the close for seconds.
+    closing: AtomicBool,
     dir: PathBuf,
 }
 
@@ -204,6 +207,7 @@ impl EmbeddedEngine {
             watches: WatchRegistry::default(),
             failed: Mutex::new(None),
             log_idle: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
             dir: dir.to_path_buf(),
         });
         let (jobs, job_rx) = mpsc::channel();
@@ -244,9 +248,11 @@ impl EmbeddedEngine {
 impl Drop for EmbeddedEngine {
     fn drop(&mut self) {
         // Closing the queue ends the sequencer after the commits already queued, which ends
-        // the log thread after their records are durable (and any checkpoint has finished);
+        // the log thread after their records are durable and a checkpoint being written has
+        // stopped (abandoned at its next 4 MiB: the segments it would have replaced stay);
         // joining them closes every file before the lock is released.
         let started = std::time::Instant::now();
+        self.shared.closing.store(true, Ordering::Release);
         self.jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -678,13 +684,20 @@ impl LogWriter {
         self.file = file;
         self.segment_bytes = 0;
         let last_size = Arc::clone(&self.last_checkpoint_bytes);
+        let shared = Arc::clone(&self.shared);
         self.checkpointing = Some(
             std::thread::Builder::new()
                 .name("steward-store-ckpt".into())
                 .spawn(move || {
                     let started = std::time::Instant::now();
-                    match write_checkpoint(&dir, version, &map) {
-                        Ok((entries, size)) => {
+                    match write_checkpoint(&dir, version, &map, &shared.closing) {
+                        Ok(None) => {
+                            tracing::debug!(
+                                version,
+                                "embedded store checkpoint abandoned: closing"
+                            );
+                        }
+                        Ok(Some((entries, size))) => {
                             last_size.store(size, Ordering::Relaxed);
                             // Every segment that starts at or below the checkpoint's version is
                             // older than the current one (it starts at version + 1): covered.
@@ -759,8 +772,14 @@ fn sync_dir(dir: &Path) -> Result<()> {
 const CHECKPOINT_SYNC_BYTES: usize = 4 << 20;
 
 /// Writes `map` at `version` to `checkpoint.tmp`, syncs it and renames it over `checkpoint`.
-/// Returns the number of entries and the file's size.
-fn write_checkpoint(dir: &Path, version: u64, map: &Map) -> Result<(u64, u64)> {
+/// Returns the number of entries and the file's size, or `None` if `stop` was set before it
+/// was done (the temporary file is removed; the last checkpoint stays).
+fn write_checkpoint(
+    dir: &Path,
+    version: u64,
+    map: &Map,
+    stop: &AtomicBool,
+) -> Result<Option<(u64, u64)>> {
     let tmp = dir.join(CHECKPOINT_TMP);
     let file = File::create(&tmp)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -784,6 +803,11 @@ fn write_checkpoint(dir: &Path, version: u64, map: &Map) -> Result<(u64, u64)> {
         // Sync as it goes, so that the dirty pages never pile up: with hundreds of megabytes
         // of them, the log's own syncs (same disk, same file system journal) waited longer.
         if unsynced >= CHECKPOINT_SYNC_BYTES {
+            if stop.load(Ordering::Acquire) {
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(None);
+            }
             out.flush()?;
             out.get_ref().sync_data()?;
             unsynced = 0;
@@ -799,7 +823,7 @@ fn write_checkpoint(dir: &Path, version: u64, map: &Map) -> Result<(u64, u64)> {
     drop(file);
     std::fs::rename(&tmp, dir.join(CHECKPOINT))?;
     sync_dir(dir)?;
-    Ok((count, size))
+    Ok(Some((count, size)))
 }
 
 // ------------------------------------------------------------------------------ recovery
@@ -1128,7 +1152,11 @@ mod tests {
         for i in 0..500u32 {
             put(&mut map, &i.to_be_bytes(), &vec![7u8; (i % 40) as usize]);
         }
-        assert_eq!(write_checkpoint(dir.path(), 42, &map).unwrap().0, 500);
+        let go = AtomicBool::new(false);
+        let (entries, _) = write_checkpoint(dir.path(), 42, &map, &go)
+            .unwrap()
+            .unwrap();
+        assert_eq!(entries, 500);
         let (version, back) = read_checkpoint(dir.path()).unwrap();
         assert_eq!(version, 42);
         assert_eq!(back, map);
@@ -1140,6 +1168,28 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = read_checkpoint(dir.path()).unwrap_err();
         assert!(err.to_string().contains("checkpoint is damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_abandoned_on_close_leaves_the_last_one_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut small, mut big) = (Map::new(), Map::new());
+        put(&mut small, b"a", b"1");
+        for i in 0..2_000u32 {
+            put(&mut big, &i.to_be_bytes(), &[9u8; 4096]);
+        }
+        let go = AtomicBool::new(false);
+        write_checkpoint(dir.path(), 7, &small, &go)
+            .unwrap()
+            .unwrap();
+        let closing = AtomicBool::new(true);
+        assert_eq!(
+            write_checkpoint(dir.path(), 9, &big, &closing).unwrap(),
+            None,
+            "8 MB: stopped at the first 4 MiB"
+        );
+        assert!(!dir.path().join(CHECKPOINT_TMP).exists());
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), (7, small));
     }
 
     #[test]
