@@ -309,9 +309,7 @@ impl Attempt {
         let timeout = Duration::from_millis(self.lease.timeout_ms.max(1));
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let every = (self.lease_len / 3).max(Duration::from_millis(100));
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = heartbeats(self.lease_len);
         let mut stop = self.stop.clone();
         let ending = loop {
             tokio::select! {
@@ -351,11 +349,36 @@ impl Attempt {
         ending
     }
 
+    /// Waits for `report` while heartbeating the lease. The batched completion runs at the
+    /// store's batch priority, which a busy store may hold back (FoundationDB's ratekeeper, for
+    /// as long as the cluster is unhealthy): the lease of a finished job must not expire
+    /// meanwhile, or another worker would run the job again.
+    async fn keep_lease_while<T>(&self, report: impl Future<Output = T>) -> T {
+        tokio::pin!(report);
+        let mut heartbeat = heartbeats(self.lease_len);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut report => return out,
+                _ = heartbeat.tick() => {
+                    // Errors are left to the report: it fails with `LeaseLost` if the lease
+                    // is gone, and a cancel asked now comes too late to matter.
+                    if let Err(e) = self.queue.heartbeat(&self.lease, self.lease_len).await {
+                        tracing::debug!(error = %e, "heartbeat while reporting failed");
+                    }
+                }
+            }
+        }
+    }
+
     async fn report(&self, ending: Ending) -> &'static str {
         let lease = &self.lease;
         let result = match ending {
             Ending::Returned(Ok(value)) => {
-                return match self.completer.complete(lease, value).await {
+                let completed = self
+                    .keep_lease_while(self.completer.complete(lease, value))
+                    .await;
+                return match completed {
                     Ok(()) => "completed",
                     // A result the queue refuses (too large) will be refused every time.
                     Err(steward_queue::Error::Invalid { field, message }) => {
@@ -461,6 +484,14 @@ impl Attempt {
 }
 
 /// Resolves once the worker asks running attempts to stop (or is gone).
+/// A heartbeat every third of the lease (at least every 100 ms), the first one a period from now.
+fn heartbeats(lease: Duration) -> tokio::time::Interval {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beats
+}
+
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // An error means the worker dropped the sender: stop as well.
     let _ = stop.wait_for(|s| *s).await;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use steward_queue::{JobState, NewJob, Queue, QueueConfig};
-use steward_store::{Database, FaultConfig, ManualClock, OpenOptions, RunOptions};
+use steward_store::{Database, FaultConfig, ManualClock, OpenOptions, Priority, RunOptions};
 use steward_workers::{Handler, JobContext, JobError, Registry, Worker, WorkerConfig};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -601,4 +601,112 @@ async fn probes_answer_health_readiness_and_metrics() {
     assert_eq!((status, text.as_str()), (503, "shutting down\n"));
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// The batched completion runs at batch priority, which a busy store may hold back: the worker
+/// keeps heartbeating while it waits, so the finished job's lease does not run out and nobody
+/// runs it again. Real time on the embedded store, with the one batch turn held by the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_keeps_its_lease_while_its_completion_waits_for_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_with(
+        &format!("embedded:{}", dir.path().display()),
+        OpenOptions {
+            embedded_batch_in_flight: 1,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let queue = Arc::new(Queue::with_seed(db.clone(), QueueConfig::default(), 3).unwrap());
+    let probe = Arc::new(Probe::default());
+    let (started_tx, started) = oneshot::channel();
+    *probe.started.lock().unwrap() = Some(started_tx);
+    let tenant = queue.new_id();
+    let id = queue
+        .enqueue(
+            tenant,
+            job(Script::Echo {
+                n: 1,
+                sleep_ms: 500,
+            }),
+        )
+        .await
+        .unwrap()
+        .id;
+    let worker = Worker::new(
+        Arc::clone(&queue),
+        registry(&probe),
+        WorkerConfig {
+            lease_secs: 5,
+            ..config(1)
+        },
+    )
+    .unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        worker
+            .run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    assert_eq!(started.await.unwrap(), id);
+    let claimed_at = queue.db().clock().now_micros();
+
+    // The handler is still sleeping: take the only batch turn and hold it past the lease.
+    let (release, held) = oneshot::channel::<()>();
+    let (holding_tx, holding) = oneshot::channel::<()>();
+    let holder = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut once = Some((held, holding_tx));
+            let batch = RunOptions {
+                priority: Priority::Batch,
+                ..RunOptions::default()
+            };
+            db.transact_with(&batch, |tx, _| {
+                let step = once.take();
+                async move {
+                    if let Some((held, holding)) = step {
+                        holding.send(()).unwrap();
+                        held.await.unwrap();
+                    }
+                    tx.set(b"held", b"1");
+                    Ok::<_, steward_store::Error>(())
+                }
+            })
+            .await
+        }
+    });
+    holding.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let now = queue.db().clock().now_micros();
+    let job = queue.get(tenant, id).await.unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "the completion is still waiting"
+    );
+    let expires_at = job.lease.as_ref().unwrap().expires_at;
+    assert!(
+        expires_at > now,
+        "the lease ran out {} ms ago (claimed {} ms ago)",
+        (now - expires_at) / 1000,
+        (now - claimed_at) / 1000
+    );
+
+    release.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    for _ in 0..500 {
+        if queue.get(tenant, id).await.unwrap().unwrap().state == JobState::Completed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let job = queue.get(tenant, id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.attempt, 1, "run once");
+    stop_tx.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(probe.runs.load(Ordering::SeqCst), 1);
 }
