@@ -2017,6 +2017,12 @@ mod tests {
         let (first, second) = (recent.next_attempt(), recent.next_attempt());
         let (chosen, skipped) = recent.take(&mut all.clone(), 5, first, |c| ids(&c[..2]));
         assert_eq!((chosen, skipped), (vec![a, b], 0));
+        recent.expire(u64::MAX);
+        assert_eq!(
+            recent.len(),
+            2,
+            "marks being taken do not expire with snapshots"
+        );
         // Another attempt sees only c; the taking attempt still sees its own jobs.
         let mut seen = all.clone();
         let (chosen, skipped) = recent.take(&mut seen, 5, second, ids);

@@ -90,7 +90,8 @@ pub struct OpenOptions {
     /// their first read to the end of their commit; default
     /// [`DEFAULT_EMBEDDED_BATCH_IN_FLIGHT`]). Background work then cannot fill the engine's
     /// queue and the CPU: interactive transactions keep their latency while it floods the
-    /// store, as FoundationDB's ratekeeper does for batch priority. At least 1.
+    /// store, as FoundationDB's ratekeeper does for batch priority. At least 1 (0 is refused
+    /// with [`Error::InvalidOption`], on every backend).
     pub embedded_batch_in_flight: usize,
 }
 
@@ -158,6 +159,12 @@ impl Database {
     /// As [`Database::open`].
     pub fn open_with(url: &str, options: OpenOptions) -> Result<Database> {
         let url: StoreUrl = url.parse()?;
+        if options.embedded_batch_in_flight == 0 {
+            return Err(Error::InvalidOption {
+                field: "embedded_batch_in_flight",
+                reason: "must be at least 1",
+            });
+        }
         let backend =
             match &url {
                 StoreUrl::Memory => DbBackend::Local(
@@ -181,7 +188,7 @@ impl Database {
         let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
         let batch = matches!(url, StoreUrl::Embedded(_)).then(|| {
             Arc::new(tokio::sync::Semaphore::new(
-                options.embedded_batch_in_flight.max(1),
+                options.embedded_batch_in_flight,
             ))
         });
         Ok(Database {
@@ -396,8 +403,9 @@ impl Database {
                     e
                 }
             };
-            drop(admitted);
+            // The hook first: what it withdraws is gone before another batch attempt starts.
             failed(&outcome);
+            drop(admitted);
             let class = outcome.store_error().map(Error::class);
             match class {
                 Some(ErrorClass::Retryable) => {}

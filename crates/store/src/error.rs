@@ -178,6 +178,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An open option outside its bounds.
+    #[error("invalid store option {field}: {reason}")]
+    InvalidOption {
+        /// The option (`OpenOptions` field).
+        field: &'static str,
+        /// Its bounds.
+        reason: &'static str,
+    },
     /// The requested backend is not part of this build.
     #[error("the {backend} backend is not in this build: {hint}")]
     BackendUnavailable {

@@ -30,6 +30,34 @@ fn batch(backoff: Duration) -> RunOptions {
     }
 }
 
+#[test]
+fn a_limit_of_zero_is_refused_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("embedded:{}", dir.path().display()),
+        "memory:".to_string(),
+    ] {
+        let err = Database::open_with(
+            &url,
+            OpenOptions {
+                embedded_batch_in_flight: 0,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidOption {
+                    field: "embedded_batch_in_flight",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_attempts_beyond_the_limit_wait_and_interactive_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,12 +103,14 @@ async fn batch_attempts_beyond_the_limit_wait_and_interactive_ones_do_not() {
         }
     });
     // An interactive transaction commits while the batch one holds the turn.
-    db.run(|tx, _| async move {
+    let interactive = db.run(|tx, _| async move {
         tx.set(b"interactive", b"1");
         Ok(())
-    })
-    .await
-    .unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(10), interactive)
+        .await
+        .expect("an interactive transaction never waits for batch ones")
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         events.lock().unwrap().is_empty(),

@@ -28,8 +28,9 @@
 //! PATH/wal-<first version>.log  log segments, replayed in order on open
 //! ```
 //! When the current segment passes [`crate::OpenOptions::embedded_checkpoint_bytes`] (256 MiB)
-//! and twice the size of the last checkpoint (so the work of checkpointing stays at most half the
-//! log written, as Redis's `auto-aof-rewrite-percentage 200`), the log thread starts a new segment and a background thread writes the map as of the old segment's end
+//! and twice the size of the last checkpoint (so the work of checkpointing stays proportional to
+//! the log written, about half of it while the store's size is steady, as Redis's
+//! `auto-aof-rewrite-percentage 200`), the log thread starts a new segment and a background thread writes the map as of the old segment's end
 //! to `checkpoint.tmp`, syncs it, renames it over `checkpoint`, and deletes the old segments. A
 //! crash at any point leaves a checkpoint and the segments after it.
 //!
@@ -615,7 +616,7 @@ impl LogWriter {
                 CHECKPOINT_GROWTH
                     .saturating_mul(self.last_checkpoint_bytes.load(Ordering::Relaxed)),
             );
-            if self.segment_bytes >= threshold {
+            if self.segment_bytes >= threshold && !self.shared.closing.load(Ordering::Acquire) {
                 if let Err(e) = self.rotate() {
                     // The current segment stays in use; the next record tries again.
                     tracing::warn!(error = %e, "embedded store: could not start a new log segment");
@@ -833,6 +834,7 @@ struct Recovered {
     map: Map,
     /// The last segment, open for appending at its last good record.
     segment: File,
+    /// The bytes of log since the checkpoint (every segment, the last one to its good end).
     segment_bytes: u64,
     /// The size of the checkpoint file (0 without one).
     checkpoint_bytes: u64,
@@ -906,6 +908,12 @@ fn recover(dir: &Path) -> Result<Recovered> {
             last_good = end;
         }
     }
+    // The log since the checkpoint: the segments before the last one count too (those of a
+    // checkpoint abandoned at close), so the next checkpoint comes when it is due.
+    let mut earlier = 0u64;
+    for (_, path) in kept.iter().take(count.saturating_sub(1)) {
+        earlier = earlier.saturating_add(std::fs::metadata(path)?.len());
+    }
     let (segment, segment_bytes) = match kept.last() {
         Some((_, path)) => {
             let mut file = OpenOptions::new().read(true).write(true).open(path)?;
@@ -932,7 +940,7 @@ fn recover(dir: &Path) -> Result<Recovered> {
         version,
         map,
         segment,
-        segment_bytes,
+        segment_bytes: earlier.saturating_add(segment_bytes),
         checkpoint_bytes,
     })
 }
