@@ -2063,6 +2063,54 @@ mod tests {
         assert_eq!(recent.len(), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_claim_attempt_frees_its_jobs_before_it_backs_off() {
+        let db = Database::memory();
+        let queue = Queue::with_seed(db.clone(), QueueConfig::default(), 1).unwrap();
+        let tenant = queue.new_id();
+        for _ in 0..3 {
+            queue
+                .enqueue(tenant, NewJob::new("k", serde_json::json!({})))
+                .await
+                .unwrap();
+        }
+        // Every commit of this handle conflicts, so its claim keeps failing and backing off.
+        let failing = std::sync::Arc::new(
+            Queue::with_seed(
+                db.with_faults(steward_store::FaultConfig {
+                    conflict: 1.0,
+                    ..steward_store::FaultConfig::none(3)
+                }),
+                QueueConfig::default(),
+                2,
+            )
+            .unwrap(),
+        );
+        let claiming = tokio::spawn({
+            let failing = std::sync::Arc::clone(&failing);
+            async move {
+                failing
+                    .claim(&ClaimRequest {
+                        worker: "w".into(),
+                        kinds: None,
+                        max: 3,
+                        lease: Duration::from_secs(30),
+                    })
+                    .await
+            }
+        });
+        // The memory store answers at once: one yield runs the first attempt into its backoff.
+        tokio::task::yield_now().await;
+        let conflicts = failing.db().fault_stats().unwrap().conflicts;
+        assert!(conflicts >= 1, "the first attempt has failed");
+        assert_eq!(
+            failing.recent.len(),
+            0,
+            "nothing stays marked as taken while the claim backs off"
+        );
+        claiming.abort();
+    }
+
     #[test]
     fn a_dropped_claim_frees_what_its_attempt_was_taking() {
         let recent = RecentClaims::default();
