@@ -655,10 +655,12 @@ impl Queue {
                     .iter()
                     .filter_map(|kv| keys::parse_active_tenant(&kv.key))
                     .collect();
+                let tenant_keys: Vec<TenantKeys> =
+                    tenants.iter().map(|&t| TenantKeys::new(t)).collect();
                 let work = try_join_all(
-                    tenants
+                    tenant_keys
                         .iter()
-                        .map(|&t| self.tenant_work(tx, TenantKeys::new(t), now, kinds)),
+                        .map(|k| self.tenant_work(tx, k, now, kinds)),
                 )
                 .await?;
                 for (tenant, work) in tenants.into_iter().zip(work) {
@@ -682,7 +684,7 @@ impl Queue {
     async fn tenant_work(
         &self,
         tx: &Transaction,
-        keys: TenantKeys,
+        keys: &TenantKeys,
         now: i64,
         kinds: Option<&[String]>,
     ) -> Result<Work> {
