@@ -23,6 +23,15 @@ fn url(dir: &std::path::Path) -> String {
     format!("embedded:{}", dir.display())
 }
 
+/// Opens the embedded store in `dir` with a checkpoint every `checkpoint_bytes` of log.
+fn open_checkpointing(dir: &std::path::Path, checkpoint_bytes: u64) -> Database {
+    let options = OpenOptions {
+        embedded_checkpoint_bytes: checkpoint_bytes,
+        ..OpenOptions::default()
+    };
+    Database::open_with(&url(dir), options).unwrap()
+}
+
 #[tokio::test]
 async fn reopen_after_drop_keeps_every_commit_and_versionstamps_keep_increasing() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,14 +170,7 @@ fn durability_child_writer() {
     rt.block_on(async move {
         // Small segments: log rotations and background checkpoints happen during the load, so
         // the kill can land in the middle of one.
-        let db = Database::open_with(
-            &format!("embedded:{dir}"),
-            OpenOptions {
-                embedded_checkpoint_bytes: CHILD_CHECKPOINT_BYTES,
-                ..OpenOptions::default()
-            },
-        )
-        .unwrap();
+        let db = open_checkpointing(std::path::Path::new(&dir), CHILD_CHECKPOINT_BYTES);
         println!("READY");
         let mut tasks = Vec::new();
         for worker in 0..16u64 {
@@ -353,11 +355,7 @@ async fn a_record_cut_short_by_a_crash_is_dropped_and_the_store_goes_on() {
 #[tokio::test]
 async fn checkpoints_replace_old_segments_and_a_reopen_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let options = || OpenOptions {
-        embedded_checkpoint_bytes: 8 << 10,
-        ..OpenOptions::default()
-    };
-    let db = Database::open_with(&url(dir.path()), options()).unwrap();
+    let db = open_checkpointing(dir.path(), 8 << 10);
     write_keys(&db, 0, 600).await;
     drop(db); // waits for a running checkpoint
     assert!(dir.path().join("checkpoint").exists());
@@ -366,7 +364,7 @@ async fn checkpoints_replace_old_segments_and_a_reopen_keeps_everything() {
         segments.len() <= 2,
         "checkpointed segments are deleted: {segments:?}"
     );
-    let db = Database::open_with(&url(dir.path()), options()).unwrap();
+    let db = open_checkpointing(dir.path(), 8 << 10);
     assert_keys(&db, 600).await;
     write_keys(&db, 600, 700).await;
     drop(db);
@@ -377,11 +375,7 @@ async fn checkpoints_replace_old_segments_and_a_reopen_keeps_everything() {
 #[tokio::test]
 async fn damage_before_the_end_of_the_log_refuses_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let options = || OpenOptions {
-        embedded_checkpoint_bytes: 4 << 10,
-        ..OpenOptions::default()
-    };
-    let db = Database::open_with(&url(dir.path()), options()).unwrap();
+    let db = open_checkpointing(dir.path(), 4 << 10);
     write_keys(&db, 0, 100).await;
     drop(db);
     // Without the checkpoint, recovery must replay every segment; damage one before the last.
