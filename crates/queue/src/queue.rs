@@ -271,11 +271,13 @@ impl Queue {
         &self.db
     }
 
-    /// The store's retry policy at batch priority: the workers' bulk reports (a batch of
-    /// completions) yield to enqueues and reads on a busy store, as claims do.
+    /// The store's retry policy at background priority: the workers' bulk reports (a batch of
+    /// completions) yield to enqueues and reads on a busy store, as claims do, and to claims
+    /// too: a claim is how a fresh job leaves the queue, a report only records what already ran
+    /// (its worker keeps the leases alive meanwhile).
     fn background(&self) -> RunOptions {
         RunOptions {
-            priority: Priority::Batch,
+            priority: Priority::Background,
             ..self.db.run_options().clone()
         }
     }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::admission::Admission;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, ErrorClass, Result, TransactError};
 use crate::local::embedded::EmbeddedEngine;
@@ -55,6 +56,16 @@ pub enum Priority {
     /// not wait on another batch transaction of the same store (with a limit of one, it would
     /// wait forever).
     Batch,
+    /// Batch work that may also wait for other batch work: on FoundationDB the same
+    /// `priority_batch`. On the embedded store it shares the batch limit, but background
+    /// attempts hold at most one turn less than the limit (if it is above one), and a waiting
+    /// [`Priority::Batch`] attempt takes the next turn before a waiting background one (unless
+    /// that one has waited 20 ms, so it is never starved). The queue's batched completions run
+    /// at this priority, its claims at [`Priority::Batch`]: behind a flood, the claim that finds
+    /// a small tenant's fresh job neither waits behind the completions queued before it nor
+    /// finds every turn held by completions. The same rule as for batch applies: it must not
+    /// wait on another batch or background transaction.
+    Background,
 }
 
 /// Default attempt limit of [`Database::run`]: generous enough for heavy contention, finite so
@@ -86,7 +97,8 @@ pub struct OpenOptions {
     /// old segments are deleted (default 256 MiB, or twice the last checkpoint's size if that is
     /// more). Smaller means faster opens and more writing.
     pub embedded_checkpoint_bytes: u64,
-    /// `embedded:` only: at most this many [`Priority::Batch`] attempts run at once (from
+    /// `embedded:` only: at most this many [`Priority::Batch`] and [`Priority::Background`]
+    /// attempts together run at once (from
     /// their first read to the end of their commit; default
     /// [`DEFAULT_EMBEDDED_BATCH_IN_FLIGHT`]). Background work then cannot fill the engine's
     /// queue and the CPU: interactive transactions keep their latency while it floods the
@@ -122,8 +134,8 @@ struct DbInner {
     clock: SharedClock,
     rng: Mutex<fastrand::Rng>,
     run: RunOptions,
-    /// Admission of batch-priority attempts (embedded only).
-    batch: Option<Arc<tokio::sync::Semaphore>>,
+    /// Admission of batch and background attempts (embedded only).
+    batch: Option<Arc<Admission>>,
     #[cfg(feature = "testing")]
     faults: Option<Arc<FaultInjector>>,
 }
@@ -186,11 +198,8 @@ impl Database {
                 }),
             };
         let seed = options.seed.unwrap_or_else(|| fastrand::u64(..));
-        let batch = matches!(url, StoreUrl::Embedded(_)).then(|| {
-            Arc::new(tokio::sync::Semaphore::new(
-                options.embedded_batch_in_flight,
-            ))
-        });
+        let batch = matches!(url, StoreUrl::Embedded(_))
+            .then(|| Admission::new(options.embedded_batch_in_flight));
         Ok(Database {
             inner: Arc::new(DbInner {
                 backend,
@@ -384,12 +393,9 @@ impl Database {
             // A batch attempt waits for its turn before its first read, so that it reads the
             // state as of when it runs; the turn is given back before any backoff.
             let admitted = match (&self.inner.batch, options.priority) {
-                (Some(limit), Priority::Batch) => Some(
-                    Arc::clone(limit)
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| E::from(Error::TransactionCancelled))?,
-                ),
+                (Some(admission), Priority::Batch | Priority::Background) => {
+                    Some(admission.acquire(options.priority).await)
+                }
                 _ => None,
             };
             let tx = self.create_transaction_at(options.priority)?;

@@ -132,7 +132,7 @@ impl FdbDatabase {
 
     pub(crate) fn create_transaction(&self, priority: Priority) -> Result<FdbTx> {
         let tx = self.db.create_trx().map_err(fdb_error)?;
-        if priority == Priority::Batch {
+        if priority != Priority::Default {
             tx.set_option(foundationdb::options::TransactionOption::PriorityBatch)
                 .map_err(fdb_error)?;
         }

@@ -44,6 +44,7 @@
 //! Every backend enforces FoundationDB's limits ([`limits`]): keys 10,000 B, values 100,000 B,
 //! transactions 10,000,000 B, and a 5 s lifetime from the first read.
 
+mod admission;
 pub mod clock;
 #[cfg(feature = "testing")]
 pub mod conformance;

@@ -1,6 +1,7 @@
-//! Batch priority on the embedded store: at most `embedded_batch_in_flight` batch attempts run
-//! at once, interactive transactions never wait for them, and an attempt that fails gives its
-//! turn back before it backs off.
+//! Batch priority on the embedded store: at most `embedded_batch_in_flight` batch and
+//! background attempts run at once, interactive transactions never wait for them, an attempt
+//! that fails gives its turn back before it backs off, batch attempts go before background ones,
+//! and background attempts leave one turn to batch ones.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -28,6 +29,84 @@ fn batch(backoff: Duration) -> RunOptions {
         priority: Priority::Batch,
         ..RunOptions::default()
     }
+}
+
+/// Starts a transaction at `priority` that records `name` in `events` once it runs, and, if
+/// `hold`, then waits for the returned sender before it commits. Returns once it was spawned
+/// (and, if it holds, once it runs).
+async fn spawn_tx(
+    db: &Database,
+    priority: Priority,
+    name: &'static str,
+    events: &Arc<Mutex<Vec<&'static str>>>,
+    hold: bool,
+) -> (
+    Option<oneshot::Sender<()>>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let (release, held) = oneshot::channel::<()>();
+    let (started_tx, started) = oneshot::channel::<()>();
+    let options = RunOptions {
+        priority,
+        ..batch(Duration::from_millis(1))
+    };
+    let task = tokio::spawn({
+        let (db, events) = (db.clone(), Arc::clone(events));
+        let mut once = Some((held, started_tx));
+        async move {
+            db.transact_with(&options, |tx, _| {
+                let step = once.take();
+                let events = Arc::clone(&events);
+                async move {
+                    events.lock().unwrap().push(name);
+                    if let Some((held, started)) = step {
+                        let _ = started.send(());
+                        if hold {
+                            held.await.unwrap();
+                        }
+                    }
+                    tx.set(name.as_bytes(), b"1");
+                    Ok::<_, Error>(())
+                }
+            })
+            .await
+        }
+    });
+    if hold {
+        started.await.unwrap();
+    } else {
+        // Let it reach its place in the line.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (hold.then_some(release), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_attempts_leave_a_turn_to_batch_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir, 2);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (release, first) = spawn_tx(&db, Priority::Background, "first", &events, true).await;
+    // A turn is free, but background attempts may hold only one of the two.
+    let (_, second) = spawn_tx(&db, Priority::Background, "second", &events, false).await;
+    assert_eq!(*events.lock().unwrap(), vec!["first"]);
+    // The free turn serves a batch transaction at once.
+    let (_, batch) = spawn_tx(&db, Priority::Batch, "batch", &events, false).await;
+    tokio::time::timeout(Duration::from_secs(10), batch)
+        .await
+        .expect("the batch transaction did not wait for the background one")
+        .unwrap()
+        .unwrap();
+    assert_eq!(*events.lock().unwrap(), vec!["first", "batch"]);
+    release.unwrap().send(()).unwrap();
+    for task in [first, second] {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(*events.lock().unwrap(), vec!["first", "batch", "second"]);
 }
 
 #[test]
