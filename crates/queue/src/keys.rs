@@ -70,7 +70,12 @@ impl TenantKeys {
 
     /// Every runnable job of `kind`, best first (priority, then run_at, then id).
     pub(crate) fn ready_of_kind(&self, kind: &str) -> RangeOption {
-        prefix(&self.q.pack(&("rdy", kind)))
+        prefix(&self.ready_kind_prefix(kind))
+    }
+
+    /// The packed prefix of [`TenantKeys::ready_of_kind`], for [`parse_ready_in`].
+    pub(crate) fn ready_kind_prefix(&self, kind: &str) -> Vec<u8> {
+        self.q.pack(&("rdy", kind))
     }
 
     /// All runnable jobs of every kind.
@@ -347,6 +352,15 @@ pub(crate) fn parse_cron_index(key: &[u8]) -> Option<(i64, CronScope, String)> {
     Some((fire, scope, name))
 }
 
+/// `(priority, seq, id)` of a ready key under `kind_prefix` ([`TenantKeys::ready_kind_prefix`]):
+/// only the tail is decoded, without the two strings [`TenantKeys::parse_ready`] allocates. A
+/// claim reads up to a thousand of these per tenant and kind.
+pub(crate) fn parse_ready_in(kind_prefix: &[u8], key: &[u8]) -> Option<(u8, i64, Uuid)> {
+    let tail = key.strip_prefix(kind_prefix)?;
+    let (p, s, id) = unpack::<(u16, i64, Uuid)>(tail).ok()?;
+    Some((u8::try_from(p).ok()?, s, id))
+}
+
 fn prefix(p: &[u8]) -> RangeOption {
     // Tuple-packed prefixes never end in 0xff, so strinc is the exact end of the subspace.
     RangeOption::prefix(p)
@@ -377,6 +391,15 @@ mod tests {
             assert!(key.starts_with(&root));
         }
         assert_eq!(k.job_id_of(&k.job(id)), Some(id));
+        assert_eq!(
+            parse_ready_in(&k.ready_kind_prefix("a"), &k.ready("a", 1, 2, id)),
+            Some((1, 2, id))
+        );
+        // Another kind that merely starts with the same letters is not under the prefix.
+        assert_eq!(
+            parse_ready_in(&k.ready_kind_prefix("a"), &k.ready("ab", 1, 2, id)),
+            None
+        );
         assert_eq!(
             k.parse_ready(&k.ready("a", 1, 2, id)),
             Some(("a".to_string(), 1, 2, id))

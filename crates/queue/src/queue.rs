@@ -32,7 +32,7 @@ use crate::job::{
     AttemptError, CancelReason, DeadReason, Enqueued, Heartbeat, Job, JobState, Lease, LeaseInfo,
     NewJob, Outcome, MAX_KEPT_ERRORS,
 };
-use crate::keys::{self, TenantKeys, ALL_KINDS, COUNTER_SHARDS, WAKE_SHARDS};
+use crate::keys::{self, parse_ready_in, TenantKeys, ALL_KINDS, COUNTER_SHARDS, WAKE_SHARDS};
 
 /// Longest kind name.
 pub const MAX_KIND_LEN: usize = 128;
@@ -783,14 +783,14 @@ impl Queue {
             + self.recent.len().min(CLAIM_WINDOW_MAX);
         let mut candidates: Vec<(u8, i64, Uuid)> = Vec::new();
         for kind in kinds.iter().filter(|k| !paused.contains(*k)) {
+            let kind_prefix = keys.ready_kind_prefix(kind);
             let head = tx
                 .get_range(&keys.ready_of_kind(kind).limit(window).snapshot())
                 .await?;
             candidates.extend(
                 head.kvs
                     .iter()
-                    .filter_map(|kv| keys.parse_ready(&kv.key))
-                    .map(|(_, p, s, id)| (p, s, id)),
+                    .filter_map(|kv| parse_ready_in(&kind_prefix, &kv.key)),
             );
         }
         candidates.sort_unstable();
