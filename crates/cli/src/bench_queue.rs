@@ -52,7 +52,7 @@ use futures::future::join_all;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Serialize, Serializer};
 use steward_queue::{ClaimRequest, NewJob, Queue, QueueConfig, Result};
-use steward_store::{Database, StoreUrl};
+use steward_store::{Database, OpenOptions, StoreUrl};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -191,6 +191,8 @@ pub(crate) struct Target {
     /// How the report names it.
     label: String,
     source: Source,
+    /// How every store of the target is opened (`[embedded]` tuning).
+    options: OpenOptions,
 }
 
 impl Target {
@@ -199,6 +201,7 @@ impl Target {
         Target {
             label: StoreUrl::Memory.to_string(),
             source: Source::Memory,
+            options: OpenOptions::default(),
         }
     }
 
@@ -207,7 +210,7 @@ impl Target {
     ///
     /// # Errors
     /// The temporary directory cannot be created.
-    pub(crate) fn temp_embedded() -> steward_store::Result<Target> {
+    pub(crate) fn temp_embedded(options: OpenOptions) -> steward_store::Result<Target> {
         let dir = tempfile::Builder::new()
             .prefix("steward-bench-queue-")
             .tempdir()
@@ -215,6 +218,7 @@ impl Target {
         Ok(Target {
             label: StoreUrl::Embedded(dir.path().to_path_buf()).to_string(),
             source: Source::TempEmbedded(dir),
+            options,
         })
     }
 
@@ -222,14 +226,15 @@ impl Target {
     ///
     /// # Errors
     /// As [`Database::open`].
-    pub(crate) fn named(url: &str) -> steward_store::Result<Target> {
+    pub(crate) fn named(url: &str, options: OpenOptions) -> steward_store::Result<Target> {
         let parsed: StoreUrl = url.parse()?;
         if parsed == StoreUrl::Memory {
             return Ok(Target::memory());
         }
         Ok(Target {
             label: url.to_string(),
-            source: Source::Named(Database::open(url)?),
+            source: Source::Named(Database::open_with(url, options.clone())?),
+            options,
         })
     }
 
@@ -239,7 +244,10 @@ impl Target {
             Source::Memory => Ok((Database::memory(), None)),
             Source::TempEmbedded(dir) => {
                 let path = dir.path().join(part);
-                let db = Database::open(&StoreUrl::Embedded(path.clone()).to_string())?;
+                let db = Database::open_with(
+                    &StoreUrl::Embedded(path.clone()).to_string(),
+                    self.options.clone(),
+                )?;
                 Ok((db, Some(path)))
             }
             Source::Named(db) => Ok((db.clone(), None)),

@@ -11,10 +11,33 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use steward_store::{StoreUrl, DEFAULT_STORE_URL};
+use steward_store::{OpenOptions, StoreUrl, DEFAULT_STORE_URL};
 
 /// The config file's top-level keys. Unknown keys are refused, so a typo is reported.
-pub(crate) const SECTIONS: &[&str] = &["worker", "api", "auth", "models", "llm", "summarize"];
+pub(crate) const SECTIONS: &[&str] = &[
+    "worker",
+    "api",
+    "auth",
+    "models",
+    "llm",
+    "summarize",
+    "embedded",
+];
+
+/// Most batch attempts `[embedded] batch_in_flight` may allow at once.
+const MAX_BATCH_IN_FLIGHT: usize = 64;
+/// Bounds of `[embedded] checkpoint_mib`.
+const CHECKPOINT_MIB: std::ops::RangeInclusive<u64> = 1..=65_536;
+
+/// `[embedded]`: tuning of the embedded store; the other backends ignore it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EmbeddedSection {
+    /// `OpenOptions::embedded_batch_in_flight`: batch and background attempts at once.
+    batch_in_flight: Option<usize>,
+    /// `OpenOptions::embedded_checkpoint_bytes`, in MiB.
+    checkpoint_mib: Option<u64>,
+}
 
 /// A configuration error: bad usage, reported with exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +115,39 @@ impl Settings {
     /// left at its default.
     pub(crate) fn store_is_explicit(&self) -> bool {
         self.store_origin != Origin::Default
+    }
+
+    /// How to open the store: `[embedded]` (`batch_in_flight`, 1 to 64, default 2;
+    /// `checkpoint_mib`, 1 to 65,536, default 256).
+    ///
+    /// # Errors
+    /// [`ConfigError::Setting`] naming the key and its accepted range.
+    pub(crate) fn open_options(&self) -> Result<OpenOptions, ConfigError> {
+        let section: EmbeddedSection = self.section("embedded")?;
+        let mut options = OpenOptions::default();
+        if let Some(n) = section.batch_in_flight {
+            if !(1..=MAX_BATCH_IN_FLIGHT).contains(&n) {
+                return Err(ConfigError::setting(
+                    "embedded.batch_in_flight",
+                    format!("must be 1 to {MAX_BATCH_IN_FLIGHT}, not {n}"),
+                ));
+            }
+            options.embedded_batch_in_flight = n;
+        }
+        if let Some(mib) = section.checkpoint_mib {
+            if !CHECKPOINT_MIB.contains(&mib) {
+                return Err(ConfigError::setting(
+                    "embedded.checkpoint_mib",
+                    format!(
+                        "must be {} to {}, not {mib}",
+                        CHECKPOINT_MIB.start(),
+                        CHECKPOINT_MIB.end()
+                    ),
+                ));
+            }
+            options.embedded_checkpoint_bytes = mib << 20;
+        }
+        Ok(options)
     }
 
     /// The `[name]` section as `T` (its defaults for what is not set).
@@ -340,6 +396,61 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn embedded_options_come_from_the_section_and_are_bounded() {
+        let s = resolve_with_env(None, None, Vec::new()).unwrap();
+        let o = s.open_options().unwrap();
+        assert_eq!(
+            o.embedded_batch_in_flight,
+            steward_store::DEFAULT_EMBEDDED_BATCH_IN_FLIGHT
+        );
+        let f = config_file("[embedded]\nbatch_in_flight = 4\ncheckpoint_mib = 64\n");
+        let o = resolve_with_env(None, Some(f.path()), Vec::new())
+            .unwrap()
+            .open_options()
+            .unwrap();
+        assert_eq!(o.embedded_batch_in_flight, 4);
+        assert_eq!(o.embedded_checkpoint_bytes, 64 << 20);
+        let env = vec![(
+            "STEWARD_EMBEDDED__BATCH_IN_FLIGHT".to_string(),
+            "3".to_string(),
+        )];
+        let o = resolve_with_env(None, Some(f.path()), env)
+            .unwrap()
+            .open_options()
+            .unwrap();
+        assert_eq!(o.embedded_batch_in_flight, 3, "the environment wins");
+        for (text, setting) in [
+            (
+                "[embedded]\nbatch_in_flight = 0\n",
+                "embedded.batch_in_flight",
+            ),
+            (
+                "[embedded]\nbatch_in_flight = 65\n",
+                "embedded.batch_in_flight",
+            ),
+            (
+                "[embedded]\ncheckpoint_mib = 0\n",
+                "embedded.checkpoint_mib",
+            ),
+            (
+                "[embedded]\nbatch_in_flight = \"two\"\n",
+                "embedded.batch_in_flight",
+            ),
+            ("[embedded]\nbatch = 2\n", "embedded"),
+        ] {
+            let f = config_file(text);
+            let e = resolve_with_env(None, Some(f.path()), Vec::new())
+                .unwrap()
+                .open_options()
+                .unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Setting { setting: s, .. } if s.starts_with(setting)),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]

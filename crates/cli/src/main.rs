@@ -508,7 +508,8 @@ fn api_config(settings: &Settings, listen: Option<SocketAddr>) -> Result<ApiConf
 }
 
 fn open_store(settings: &Settings) -> Result<Database, Failure> {
-    Database::open(&settings.store).map_err(|e| match e {
+    let options = settings.open_options().map_err(Failure::Config)?;
+    Database::open_with(&settings.store, options).map_err(|e| match e {
         steward_store::Error::InvalidUrl { .. }
         | steward_store::Error::BackendUnavailable { .. } => Failure::Store(e),
         other => Failure::Runtime(format!("cannot open the store {}: {other}", settings.store)),
@@ -763,14 +764,15 @@ async fn bench_queue(args: &BenchQueueArgs, settings: &Settings) -> Result<(), F
     } else {
         bench_queue::Params::standard(args.duration)
     };
+    let options = settings.open_options().map_err(Failure::Config)?;
     // Without an explicit store, measure both local backends, each part on a fresh store (the
     // embedded ones in a temporary directory, removed afterwards).
     let targets = if settings.store_is_explicit() {
-        vec![bench_queue::Target::named(&settings.store)?]
+        vec![bench_queue::Target::named(&settings.store, options)?]
     } else {
         vec![
             bench_queue::Target::memory(),
-            bench_queue::Target::temp_embedded()?,
+            bench_queue::Target::temp_embedded(options)?,
         ]
     };
     if !args.json {
@@ -801,11 +803,12 @@ async fn bench_store(args: &BenchStoreArgs, settings: &Settings) -> Result<(), F
     };
     // Without an explicit store, measure both local backends; the embedded one in a fresh
     // temporary directory (removed afterwards), not in the default data directory.
+    let options = settings.open_options().map_err(Failure::Config)?;
     let mut temp_dir = None;
     let targets = if settings.store_is_explicit() {
         vec![bench::Target {
             label: settings.store.clone(),
-            db: Database::open(&settings.store)?,
+            db: Database::open_with(&settings.store, options)?,
             clean_up: true,
         }]
     } else {
@@ -814,7 +817,7 @@ async fn bench_store(args: &BenchStoreArgs, settings: &Settings) -> Result<(), F
             .tempdir()
             .map_err(steward_store::Error::Io)?;
         let url = StoreUrl::Embedded(dir.path().to_path_buf()).to_string();
-        let embedded = Database::open(&url)?;
+        let embedded = Database::open_with(&url, options)?;
         temp_dir = Some(dir);
         vec![
             bench::Target {
