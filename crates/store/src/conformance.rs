@@ -1957,13 +1957,16 @@ pub async fn watch_fires_when_the_key_is_cleared_or_changed_atomically(backend: 
         ("clear_range", tx.watch(b"b")),
         ("atomic add", tx.watch(b"c")),
         ("create", tx.watch(b"d")),
+        ("versionstamped value", tx.watch(b"e")),
     ];
     tx.commit().await.expect("a watch-only commit");
-    let changes: [Write; 4] = [
+    let changes: [Write; 5] = [
         |w| w.clear(b"a"),
         |w| w.clear_range(b"ab", b"bb"),
         |w| w.add(b"c", 1),
         |w| w.set(b"d", b""),
+        // A 10-byte placeholder at offset 0.
+        |w| w.set_versionstamped_value(b"e", &[0; 14]),
     ];
     for (i, change) in changes.into_iter().enumerate() {
         for (what, watch) in &mut watches[i..] {

@@ -61,8 +61,8 @@ use crate::local::memory::{Map, MapWriter, MemSnapshot};
 use crate::local::resolver::{Pins, Resolver};
 use crate::local::watch::WatchRegistry;
 use crate::local::{
-    apply_mutations, touched, versionstamp, CommitOutcome, CommitRequest, Engine, KeyRange,
-    KvWrite, Mutation, Snapshot, Snapshots,
+    apply_mutations, versionstamp, CommitOutcome, CommitRequest, Committed, Engine, KvWrite,
+    Mutation, Snapshot, Snapshots,
 };
 
 /// The sequencer holds at most this many waiting commits to choose from.
@@ -108,7 +108,8 @@ struct Record {
     bytes: Vec<u8>,
     version: u64,
     map: Map,
-    touched: Vec<KeyRange>,
+    /// Its commits' mutations, to wake watches with once it is published.
+    touched: Vec<Committed>,
     replies: Vec<(oneshot::Sender<Result<CommitOutcome>>, CommitOutcome)>,
 }
 
@@ -339,7 +340,7 @@ struct Sequencer {
 struct OpenRecord {
     bytes: Vec<u8>,
     replies: Vec<(oneshot::Sender<Result<CommitOutcome>>, CommitOutcome)>,
-    touched: Vec<KeyRange>,
+    touched: Vec<Committed>,
 }
 
 impl Sequencer {
@@ -437,7 +438,11 @@ impl Sequencer {
         debug_assert!(applied.is_ok(), "in-memory writes never fail");
         let now = self.clock.monotonic();
         self.resolver.record(self.version, writes, now);
-        record.touched.extend(touched(&req.mutations, &stamp));
+        // Moved, not copied: the log thread finds the watched keys in them after publishing,
+        // and frees them there, off this thread.
+        record
+            .touched
+            .push((stamp, std::mem::take(&mut req.mutations)));
         record.replies.push((
             reply,
             CommitOutcome {
@@ -500,7 +505,8 @@ fn request_bytes(req: &CommitRequest) -> usize {
     req.mutations
         .iter()
         .map(|m| match m {
-            Mutation::Set(k, v) | Mutation::Atomic(_, k, v) => k.len() + v.len(),
+            Mutation::Set(k, v) => k.len() + v.len(),
+            Mutation::Atomic(_, k, v) => k.len() + v.len(),
             Mutation::Clear(k) => k.len(),
             Mutation::ClearRange(b, e) => b.len() + e.len(),
             Mutation::VersionstampedKey { key, value, .. }
@@ -534,6 +540,13 @@ impl KvWrite for Logged<'_> {
         self.bytes(key);
         self.bytes(value);
         self.map.put(key, value)
+    }
+
+    fn put_shared(&mut self, key: &Arc<[u8]>, value: &Arc<[u8]>) -> Result<()> {
+        self.log.push(OP_PUT);
+        self.bytes(key);
+        self.bytes(value);
+        self.map.put_shared(key, value)
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<()> {
@@ -641,12 +654,11 @@ impl LogWriter {
         if let Some((version, map)) = last {
             *self.shared.published() = Published { version, map };
         }
-        if !touched.is_empty() {
-            self.shared.watches.fire(&*self.shared, &touched);
-        }
+        // Callers first: waking watches is not on their path.
         for (reply, outcome) in replies {
             let _ = reply.send(Ok(outcome));
         }
+        self.shared.watches.fire_committed(&*self.shared, &touched);
     }
 
     /// Starts a new segment and checkpoints the state as of the end of the old ones in the
@@ -1235,7 +1247,10 @@ mod tests {
                 read_version: None,
                 reads: Vec::new(),
                 writes: Vec::new(),
-                mutations: vec![Mutation::Set(vec![1], vec![0; size])],
+                mutations: vec![Mutation::Set(
+                    Arc::from([1u8].as_slice()),
+                    Arc::from(vec![0; size]),
+                )],
                 pin: None,
             },
             reply,

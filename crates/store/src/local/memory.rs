@@ -11,8 +11,8 @@ use crate::error::Result;
 use crate::local::resolver::{Pin, Pins, Resolver};
 use crate::local::watch::WatchRegistry;
 use crate::local::{
-    apply_mutations, touched, versionstamp, CommitOutcome, CommitRequest, Engine, KvWrite,
-    Snapshot, Snapshots,
+    apply_mutations, versionstamp, CommitOutcome, CommitRequest, Engine, KvWrite, Snapshot,
+    Snapshots,
 };
 
 /// Keys and values are reference-counted: a commit copies the tree nodes on its paths that
@@ -79,12 +79,9 @@ impl MemoryEngine {
             let floor = self.pins.floor(version);
             st.resolver.set_floor(floor, version);
             st.resolver.record(version, writes, self.clock.monotonic());
-            (
-                CommitOutcome { version, stamp },
-                touched(&req.mutations, &stamp),
-            )
+            (CommitOutcome { version, stamp }, [(stamp, req.mutations)])
         };
-        self.watches.fire(self, &touched);
+        self.watches.fire_committed(self, &touched);
         Ok(outcome)
     }
 }
@@ -172,6 +169,11 @@ impl KvWrite for MapWriter<'_> {
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.0.insert(Arc::from(key), Arc::from(value));
+        Ok(())
+    }
+
+    fn put_shared(&mut self, key: &Arc<[u8]>, value: &Arc<[u8]>) -> Result<()> {
+        self.0.insert(Arc::clone(key), Arc::clone(value));
         Ok(())
     }
 

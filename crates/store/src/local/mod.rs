@@ -35,7 +35,8 @@ const SYSTEM_PREFIX: u8 = 0xff;
 /// One write, in the order the transaction issued it.
 #[derive(Debug, Clone)]
 pub(crate) enum Mutation {
-    Set(Vec<u8>, Vec<u8>),
+    /// Shared, so the engine's map takes the key and value without copying them.
+    Set(Arc<[u8]>, Arc<[u8]>),
     Clear(Vec<u8>),
     ClearRange(Vec<u8>, Vec<u8>),
     Atomic(MutationType, Vec<u8>, Vec<u8>),
@@ -51,13 +52,37 @@ pub(crate) enum Mutation {
     },
 }
 
+/// A write conflict: one key, shared with the mutation that wrote it (so the resolver keeps it
+/// without a copy), or a range.
+#[derive(Debug, Clone)]
+pub(crate) enum WriteConflict {
+    Key(Arc<[u8]>),
+    Range(Vec<u8>, Vec<u8>),
+}
+
+impl WriteConflict {
+    /// Its size as FoundationDB counts a conflict range (a key's range ends at key + `\0`).
+    fn counted_bytes(&self) -> usize {
+        match self {
+            WriteConflict::Key(k) => 2 * k.len() + 1,
+            WriteConflict::Range(b, e) => b.len() + e.len(),
+        }
+    }
+}
+
+impl From<KeyRange> for WriteConflict {
+    fn from((b, e): KeyRange) -> Self {
+        WriteConflict::Range(b, e)
+    }
+}
+
 /// What a local transaction hands its engine at commit.
 #[derive(Debug)]
 pub(crate) struct CommitRequest {
     /// The version the transaction read at; `None` if it never read (no conflicts possible).
     pub(crate) read_version: Option<u64>,
     pub(crate) reads: Vec<KeyRange>,
-    pub(crate) writes: Vec<KeyRange>,
+    pub(crate) writes: Vec<WriteConflict>,
     pub(crate) mutations: Vec<Mutation>,
     /// Keeps the read version pinned until the engine has resolved the request.
     pub(crate) pin: Option<resolver::Pin>,
@@ -115,6 +140,10 @@ pub(crate) fn versionstamp(version: u64, order: u16) -> CommitVersionstamp {
 pub(crate) trait KvWrite {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// [`KvWrite::put`] of shared bytes, which a map keeps without copying.
+    fn put_shared(&mut self, key: &Arc<[u8]>, value: &Arc<[u8]>) -> Result<()> {
+        self.put(key, value)
+    }
     fn delete(&mut self, key: &[u8]) -> Result<()>;
     fn delete_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()>;
 }
@@ -125,11 +154,11 @@ pub(crate) fn apply_mutations(
     kv: &mut dyn KvWrite,
     mutations: &[Mutation],
     stamp: &CommitVersionstamp,
-    writes: &mut Vec<KeyRange>,
+    writes: &mut Vec<WriteConflict>,
 ) -> Result<()> {
     for m in mutations {
         match m {
-            Mutation::Set(k, v) => kv.put(k, v)?,
+            Mutation::Set(k, v) => kv.put_shared(k, v)?,
             Mutation::Clear(k) => kv.delete(k)?,
             Mutation::ClearRange(b, e) => kv.delete_range(b, e)?,
             Mutation::Atomic(op, k, p) => {
@@ -147,7 +176,7 @@ pub(crate) fn apply_mutations(
             }
             Mutation::VersionstampedKey { key, offset, value } => {
                 let k = fill_versionstamp(key, *offset, stamp);
-                writes.push((k.clone(), key_after(&k)));
+                writes.push(WriteConflict::Key(Arc::from(k.as_slice())));
                 kv.put(&k, value)?;
             }
             Mutation::VersionstampedValue { key, value, offset } => {
@@ -158,24 +187,8 @@ pub(crate) fn apply_mutations(
     Ok(())
 }
 
-/// The keys and ranges a set of mutations touched, for waking watches.
-pub(crate) fn touched(mutations: &[Mutation], stamp: &CommitVersionstamp) -> Vec<KeyRange> {
-    mutations
-        .iter()
-        .map(|m| match m {
-            Mutation::Set(k, _)
-            | Mutation::Clear(k)
-            | Mutation::Atomic(_, k, _)
-            | Mutation::VersionstampedValue { key: k, .. } => (k.clone(), key_after(k)),
-            Mutation::ClearRange(b, e) => (b.clone(), e.clone()),
-            Mutation::VersionstampedKey { key, offset, .. } => {
-                let k = fill_versionstamp(key, *offset, stamp);
-                let end = key_after(&k);
-                (k, end)
-            }
-        })
-        .collect()
-}
+/// A committed transaction's mutations, kept (not copied) until its watches are woken.
+pub(crate) type Committed = (CommitVersionstamp, Vec<Mutation>);
 
 /// A write the transaction holds for a key, as its own reads see it.
 #[derive(Debug, Clone)]
@@ -219,7 +232,7 @@ struct State {
     unreadable: Vec<KeyRange>,
     mutations: Vec<Mutation>,
     reads: Vec<KeyRange>,
-    writes: Vec<KeyRange>,
+    writes: Vec<WriteConflict>,
     mutation_bytes: usize,
     /// The first error of an infallible write call, reported by the next read or the commit.
     deferred: Option<Error>,
@@ -427,10 +440,10 @@ impl LocalTx {
         }
         st.pending
             .insert(key.to_vec(), Pending::Known(Some(value.to_vec())));
-        st.writes.push((key.to_vec(), key_after(key)));
+        let key: Arc<[u8]> = Arc::from(key);
+        st.writes.push(WriteConflict::Key(Arc::clone(&key)));
         st.mutation_bytes += key.len() + value.len();
-        st.mutations
-            .push(Mutation::Set(key.to_vec(), value.to_vec()));
+        st.mutations.push(Mutation::Set(key, Arc::from(value)));
     }
 
     pub(crate) fn clear(&self, key: &[u8]) {
@@ -442,7 +455,7 @@ impl LocalTx {
             return;
         }
         st.pending.insert(key.to_vec(), Pending::Known(None));
-        st.writes.push((key.to_vec(), key_after(key)));
+        st.writes.push(WriteConflict::Key(Arc::from(key)));
         st.mutation_bytes += key.len();
         st.mutations.push(Mutation::Clear(key.to_vec()));
     }
@@ -470,7 +483,8 @@ impl LocalTx {
         }
         add_cleared(&mut st.cleared, begin, end);
         subtract_range(&mut st.unreadable, begin, end);
-        st.writes.push((begin.to_vec(), end.to_vec()));
+        st.writes
+            .push(WriteConflict::Range(begin.to_vec(), end.to_vec()));
         st.mutation_bytes += begin.len() + end.len();
         st.mutations
             .push(Mutation::ClearRange(begin.to_vec(), end.to_vec()));
@@ -485,7 +499,7 @@ impl LocalTx {
         let earlier = st.pending.remove(key);
         // A key this transaction wrote before already has its write conflict range.
         if earlier.is_none() {
-            st.writes.push((key.to_vec(), key_after(key)));
+            st.writes.push(WriteConflict::Key(Arc::from(key)));
         }
         let next = match earlier {
             Some(Pending::Known(v)) => Pending::Known(apply_atomic(op, v.as_deref(), param)),
@@ -538,7 +552,7 @@ impl LocalTx {
             return;
         }
         st.pending.insert(key.to_vec(), Pending::Unreadable);
-        st.writes.push((key.to_vec(), key_after(key)));
+        st.writes.push(WriteConflict::Key(Arc::from(key)));
         st.mutation_bytes += key.len() + value.len();
         st.mutations.push(Mutation::VersionstampedValue {
             key: key.to_vec(),
@@ -556,7 +570,7 @@ impl LocalTx {
         if read {
             st.reads.push(r);
         } else {
-            st.writes.push(r);
+            st.writes.push(r.into());
         }
     }
 
@@ -635,9 +649,12 @@ impl LocalTx {
         let conflict_bytes: usize = st
             .reads
             .iter()
-            .chain(st.writes.iter())
             .map(|(b, e)| b.len() + e.len())
-            .sum();
+            .sum::<usize>()
+            + st.writes
+                .iter()
+                .map(WriteConflict::counted_bytes)
+                .sum::<usize>();
         let size = st.mutation_bytes + conflict_bytes;
         if size > MAX_TRANSACTION_SIZE {
             return Err(Error::TransactionTooLarge { size });
@@ -692,8 +709,11 @@ fn merge_adds(mutations: Vec<Mutation>) -> Vec<Mutation> {
                 open.insert(key.clone(), out.len());
                 out.push(Mutation::Atomic(MutationType::Add, key, param));
             }
-            Mutation::Set(ref k, _)
-            | Mutation::Clear(ref k)
+            Mutation::Set(ref k, _) => {
+                open.remove(&**k);
+                out.push(m);
+            }
+            Mutation::Clear(ref k)
             | Mutation::Atomic(_, ref k, _)
             | Mutation::VersionstampedValue { key: ref k, .. } => {
                 open.remove(k);
@@ -842,7 +862,7 @@ mod tests {
                 let width = if rng.bool() { 8 } else { 4 };
                 let param: Vec<u8> = (0..width).map(|_| rng.u8(..)).collect();
                 mutations.push(match rng.u8(..10) {
-                    0 => Mutation::Set(k, param),
+                    0 => Mutation::Set(k.into(), param.into()),
                     1 => Mutation::Clear(k),
                     2 => Mutation::ClearRange(b"b".to_vec(), b"d".to_vec()),
                     3 => Mutation::Atomic(MutationType::Max, k, param),

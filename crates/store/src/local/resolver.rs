@@ -15,19 +15,22 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::limits::TRANSACTION_LIFETIME;
-use crate::local::KeyRange;
+use crate::local::{KeyRange, WriteConflict};
 
 /// How long after the transaction lifetime writes are still remembered.
 const MARGIN: Duration = Duration::from_secs(1);
 
+/// One commit in the resolver's log: version, monotonic commit time, the single keys it wrote.
+type Written = (u64, Duration, Vec<Arc<[u8]>>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Resolver {
-    /// Last commit version that wrote each single key.
-    points: BTreeMap<Vec<u8>, u64>,
+    /// Last commit version that wrote each single key (shared with the commit's mutations).
+    points: BTreeMap<Arc<[u8]>, u64>,
     /// Ranges written (clear_range, explicit write conflict ranges) and their versions.
     ranges: Vec<(Vec<u8>, Vec<u8>, u64)>,
     /// (commit version, monotonic commit time, single keys written), oldest first, for pruning.
-    log: VecDeque<(u64, Duration, Vec<Vec<u8>>)>,
+    log: VecDeque<Written>,
     /// Versions at or below this are forgotten; older readers are too old.
     horizon: u64,
     /// No live or future reader reads below this version (see [`Pins::floor`]).
@@ -47,7 +50,11 @@ impl Resolver {
         }
         for (b, e) in reads {
             if is_point(b, e) {
-                if self.points.get(b).is_some_and(|&v| v > read_version) {
+                if self
+                    .points
+                    .get(b.as_slice())
+                    .is_some_and(|&v| v > read_version)
+                {
                     return Err(Error::Conflict);
                 }
             } else if b < e
@@ -81,15 +88,27 @@ impl Resolver {
     }
 
     /// Records the write conflict ranges of a commit at `version`, made at monotonic `now`.
-    pub(crate) fn record(&mut self, version: u64, writes: Vec<KeyRange>, now: Duration) {
-        let mut keys = Vec::with_capacity(writes.len());
-        for (b, e) in writes {
-            if is_point(&b, &e) {
-                self.points.insert(b.clone(), version);
-                keys.push(b);
-            } else if b < e {
-                self.ranges.push((b, e, version));
-            }
+    pub(crate) fn record<W: Into<WriteConflict>>(
+        &mut self,
+        version: u64,
+        writes: impl IntoIterator<Item = W>,
+        now: Duration,
+    ) {
+        let writes = writes.into_iter();
+        let mut keys = Vec::with_capacity(writes.size_hint().0);
+        for w in writes {
+            let key = match w.into() {
+                WriteConflict::Key(k) => k,
+                WriteConflict::Range(b, e) if is_point(&b, &e) => Arc::from(b),
+                WriteConflict::Range(b, e) => {
+                    if b < e {
+                        self.ranges.push((b, e, version));
+                    }
+                    continue;
+                }
+            };
+            self.points.insert(Arc::clone(&key), version);
+            keys.push(key);
         }
         self.log.push_back((version, now, keys));
         self.prune(now);
@@ -113,8 +132,8 @@ impl Resolver {
             horizon = *v;
             if let Some((v, _, keys)) = self.log.pop_front() {
                 for k in keys {
-                    if self.points.get(&k) == Some(&v) {
-                        self.points.remove(&k);
+                    if self.points.get(&*k) == Some(&v) {
+                        self.points.remove(&*k);
                     }
                 }
             }

@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::limits::MAX_WATCHES;
-use crate::local::{KeyRange, Snapshots, WatchRequest};
+use crate::local::{fill_versionstamp, Committed, KeyRange, Mutation, Snapshots, WatchRequest};
+use crate::types::key_after;
 
 struct Watcher {
     seen: Option<Vec<u8>>,
@@ -30,6 +31,13 @@ struct Inner {
 }
 
 impl Inner {
+    /// Adds `key` to `out` if someone watches it.
+    fn if_watched(&self, key: &[u8], out: &mut Vec<KeyRange>) {
+        if self.by_key.contains_key(key) {
+            out.push((key.to_vec(), key_after(key)));
+        }
+    }
+
     fn sweep_dropped(&mut self) {
         let mut len = 0;
         self.by_key.retain(|_, ws| {
@@ -91,6 +99,46 @@ impl WatchRegistry {
                 .push(Watcher { seen, notify });
         }
         Ok(())
+    }
+
+    /// [`WatchRegistry::fire`] for the keys that committed transactions wrote. Only watched
+    /// keys are copied out of the mutations; with no watch at all nothing is done.
+    pub(crate) fn fire_committed(&self, source: &dyn Snapshots, committed: &[Committed]) {
+        let touched = {
+            let inner = self.lock();
+            if inner.len == 0 {
+                return;
+            }
+            let mut out = Vec::new();
+            for (stamp, mutations) in committed {
+                for m in mutations {
+                    match m {
+                        Mutation::Set(k, _) => inner.if_watched(k, &mut out),
+                        Mutation::Clear(k)
+                        | Mutation::Atomic(_, k, _)
+                        | Mutation::VersionstampedValue { key: k, .. } => {
+                            inner.if_watched(k, &mut out);
+                        }
+                        Mutation::ClearRange(b, e) => {
+                            let range =
+                                (Bound::Included(b.as_slice()), Bound::Excluded(e.as_slice()));
+                            if inner.by_key.range::<[u8], _>(range).next().is_some() {
+                                out.push((b.clone(), e.clone()));
+                            }
+                        }
+                        Mutation::VersionstampedKey { key, offset, .. } => {
+                            inner.if_watched(&fill_versionstamp(key, *offset, stamp), &mut out);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        // A watch registered in between read the published state, which already holds these
+        // commits: it has nothing to miss.
+        if !touched.is_empty() {
+            self.fire(source, &touched);
+        }
     }
 
     /// Fires the watches on keys in `touched` whose value now differs from what they saw.
