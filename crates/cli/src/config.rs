@@ -29,7 +29,8 @@ const MAX_BATCH_IN_FLIGHT: usize = 64;
 /// Bounds of `[embedded] checkpoint_mib`.
 const CHECKPOINT_MIB: std::ops::RangeInclusive<u64> = 1..=65_536;
 
-/// `[embedded]`: tuning of the embedded store; the other backends ignore it.
+/// `[embedded]`: tuning of the embedded store. The other backends ignore its values, but it is
+/// validated whatever the store, so a typo is reported before it matters.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct EmbeddedSection {

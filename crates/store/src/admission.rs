@@ -1,7 +1,7 @@
 //! Admission of batch-priority attempts on the embedded store: at most `limit` run at once, and
 //! a waiting [`Priority::Batch`] attempt takes the next free turn before any waiting
-//! [`Priority::Background`] one, unless that one has waited [`BACKGROUND_MAX_WAIT`] (so it is
-//! never starved).
+//! [`Priority::Background`] one, unless that one has waited [`BACKGROUND_MAX_WAIT`] and longer
+//! than the first batch waiter (so neither class is ever starved).
 //!
 //! Why two classes: the queue's claims (batch) are how a small tenant's fresh job leaves the
 //! queue, its batched completions (background) only record what already ran. Behind a flood both
@@ -35,20 +35,21 @@ struct State {
     /// (if it is above one), so a claim never waits for a whole round of completions.
     background_held: usize,
     background_cap: usize,
-    batch: VecDeque<oneshot::Sender<()>>,
+    batch: VecDeque<(Instant, oneshot::Sender<()>)>,
     background: VecDeque<(Instant, oneshot::Sender<()>)>,
 }
 
 impl State {
-    /// Gives free turns to waiters, batch first (an overdue background waiter before them).
+    /// Gives free turns to waiters, batch first; a background waiter goes first once it has
+    /// waited [`BACKGROUND_MAX_WAIT`] and longer than the first batch waiter.
     fn dispatch(&mut self) {
         while self.free > 0 {
             let background_may = self.background_held < self.background_cap;
             let overdue = background_may
-                && self
-                    .background
-                    .front()
-                    .is_some_and(|(since, _)| since.elapsed() >= BACKGROUND_MAX_WAIT);
+                && self.background.front().is_some_and(|(since, _)| {
+                    since.elapsed() >= BACKGROUND_MAX_WAIT
+                        && self.batch.front().is_none_or(|(first, _)| since < first)
+                });
             let (tx, background) = if overdue || (self.batch.is_empty() && background_may) {
                 match self.background.pop_front() {
                     Some((_, tx)) => (tx, true),
@@ -56,7 +57,7 @@ impl State {
                 }
             } else {
                 match self.batch.pop_front() {
-                    Some(tx) => (tx, false),
+                    Some((_, tx)) => (tx, false),
                     None => return,
                 }
             };
@@ -131,30 +132,36 @@ impl Admission {
     /// do not ask for it).
     pub(crate) async fn acquire(self: &Arc<Self>, priority: Priority) -> Turn {
         let background = priority == Priority::Background;
-        let rx = {
-            let mut state = self.lock();
-            let (tx, rx) = oneshot::channel();
-            if background {
-                state.background.push_back((Instant::now(), tx));
-            } else {
-                state.batch.push_back(tx);
+        loop {
+            let rx = {
+                let mut state = self.lock();
+                let (tx, rx) = oneshot::channel();
+                let waiter = (Instant::now(), tx);
+                if background {
+                    state.background.push_back(waiter);
+                } else {
+                    state.batch.push_back(waiter);
+                }
+                state.dispatch();
+                rx
+            };
+            let mut waiting = Waiting {
+                admission: Arc::clone(self),
+                rx,
+                background,
+                done: false,
+            };
+            let handed = (&mut waiting.rx).await.is_ok();
+            waiting.done = true;
+            if handed {
+                return Turn {
+                    admission: Arc::clone(self),
+                    background,
+                };
             }
-            state.dispatch();
-            rx
-        };
-        let mut waiting = Waiting {
-            admission: Arc::clone(self),
-            rx,
-            background,
-            done: false,
-        };
-        // The sender is only dropped unsent after the receiver was dropped, which cannot
-        // happen while this future holds it.
-        let _ = (&mut waiting.rx).await;
-        waiting.done = true;
-        Turn {
-            admission: Arc::clone(self),
-            background,
+            // A sender is dropped unsent only after its receiver was closed, which this future
+            // prevents while it waits; were it to happen, wait again rather than hold a turn
+            // nobody gave.
         }
     }
 
@@ -169,22 +176,35 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    type Order = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A task that waits for a turn at `priority`, notes `name` in `order` once it has it, and
+    /// gives it back.
+    fn waiter(
+        admission: &Arc<Admission>,
+        order: &Order,
+        name: &'static str,
+        priority: Priority,
+    ) -> tokio::task::JoinHandle<()> {
+        let (admission, order) = (Arc::clone(admission), Arc::clone(order));
+        tokio::spawn(async move {
+            let _turn = admission.acquire(priority).await;
+            order.lock().unwrap().push(name);
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn batch_waiters_go_before_background_waiters() {
         let admission = Admission::new(1);
         let held = admission.acquire(Priority::Batch).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
+        let order: Order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         // Background first, then batch: the batch one still gets the turn first.
         for (name, priority) in [
             ("background", Priority::Background),
             ("batch", Priority::Batch),
         ] {
-            let (admission, order) = (Arc::clone(&admission), Arc::clone(&order));
-            tasks.push(tokio::spawn(async move {
-                let _turn = admission.acquire(priority).await;
-                order.lock().unwrap().push(name);
-            }));
+            tasks.push(waiter(&admission, &order, name, priority));
             tokio::task::yield_now().await;
         }
         drop(held);
@@ -199,28 +219,39 @@ mod tests {
     async fn an_overdue_background_waiter_goes_first() {
         let admission = Admission::new(1);
         let held = admission.acquire(Priority::Batch).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let background = {
-            let (admission, order) = (Arc::clone(&admission), Arc::clone(&order));
-            tokio::spawn(async move {
-                let _turn = admission.acquire(Priority::Background).await;
-                order.lock().unwrap().push("background");
-            })
-        };
+        let order: Order = Arc::new(Mutex::new(Vec::new()));
+        let background = waiter(&admission, &order, "background", Priority::Background);
         tokio::task::yield_now().await;
         tokio::time::advance(BACKGROUND_MAX_WAIT).await;
-        let batch = {
-            let (admission, order) = (Arc::clone(&admission), Arc::clone(&order));
-            tokio::spawn(async move {
-                let _turn = admission.acquire(Priority::Batch).await;
-                order.lock().unwrap().push("batch");
-            })
-        };
+        let batch = waiter(&admission, &order, "batch", Priority::Batch);
         tokio::task::yield_now().await;
         drop(held);
         background.await.unwrap();
         batch.await.unwrap();
         assert_eq!(*order.lock().unwrap(), ["background", "batch"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_background_waiter_does_not_pass_an_older_batch_waiter() {
+        let admission = Admission::new(1);
+        let held = admission.acquire(Priority::Batch).await;
+        let order: Order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (name, priority) in [
+            ("batch", Priority::Batch),
+            ("background", Priority::Background),
+        ] {
+            tasks.push(waiter(&admission, &order, name, priority));
+            tokio::task::yield_now().await;
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        // Both are overdue now; the batch waiter has waited longer.
+        tokio::time::advance(BACKGROUND_MAX_WAIT).await;
+        drop(held);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["batch", "background"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,7 +60,8 @@ pub enum Priority {
     /// `priority_batch`. On the embedded store it shares the batch limit, but background
     /// attempts hold at most one turn less than the limit (if it is above one), and a waiting
     /// [`Priority::Batch`] attempt takes the next turn before a waiting background one (unless
-    /// that one has waited 20 ms, so it is never starved). The queue's batched completions run
+    /// that one has waited 20 ms and longer than the first batch waiter, so neither class is
+    /// ever starved). The queue's batched completions run
     /// at this priority, its claims at [`Priority::Batch`]: behind a flood, the claim that finds
     /// a small tenant's fresh job neither waits behind the completions queued before it nor
     /// finds every turn held by completions. The same rule as for batch applies: it must not
