@@ -193,65 +193,71 @@ mod tests {
         })
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn batch_waiters_go_before_background_waiters() {
+    /// With the only turn held: queues `waiters` in order, advancing the paused clock by each
+    /// one's duration after it, then by `before_release`; gives the turn back and returns the
+    /// order in which the waiters got it.
+    async fn order_of_turns(
+        waiters: &[(&'static str, Priority, Duration)],
+        before_release: Duration,
+    ) -> Vec<&'static str> {
         let admission = Admission::new(1);
         let held = admission.acquire(Priority::Batch).await;
         let order: Order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        // Background first, then batch: the batch one still gets the turn first.
-        for (name, priority) in [
-            ("background", Priority::Background),
-            ("batch", Priority::Batch),
-        ] {
+        for &(name, priority, then) in waiters {
             tasks.push(waiter(&admission, &order, name, priority));
             tokio::task::yield_now().await;
+            tokio::time::advance(then).await;
         }
+        tokio::time::advance(before_release).await;
         drop(held);
         for task in tasks {
             task.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), ["batch", "background"]);
         assert_eq!(admission.free(), 1);
+        let order = order.lock().unwrap().clone();
+        order
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_waiters_go_before_background_waiters() {
+        // Background first, then batch: the batch one still gets the turn first.
+        let order = order_of_turns(
+            &[
+                ("background", Priority::Background, Duration::ZERO),
+                ("batch", Priority::Batch, Duration::ZERO),
+            ],
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(order, ["batch", "background"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_overdue_background_waiter_goes_first() {
-        let admission = Admission::new(1);
-        let held = admission.acquire(Priority::Batch).await;
-        let order: Order = Arc::new(Mutex::new(Vec::new()));
-        let background = waiter(&admission, &order, "background", Priority::Background);
-        tokio::task::yield_now().await;
-        tokio::time::advance(BACKGROUND_MAX_WAIT).await;
-        let batch = waiter(&admission, &order, "batch", Priority::Batch);
-        tokio::task::yield_now().await;
-        drop(held);
-        background.await.unwrap();
-        batch.await.unwrap();
-        assert_eq!(*order.lock().unwrap(), ["background", "batch"]);
+        let order = order_of_turns(
+            &[
+                ("background", Priority::Background, BACKGROUND_MAX_WAIT),
+                ("batch", Priority::Batch, Duration::ZERO),
+            ],
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(order, ["background", "batch"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_overdue_background_waiter_does_not_pass_an_older_batch_waiter() {
-        let admission = Admission::new(1);
-        let held = admission.acquire(Priority::Batch).await;
-        let order: Order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for (name, priority) in [
-            ("batch", Priority::Batch),
-            ("background", Priority::Background),
-        ] {
-            tasks.push(waiter(&admission, &order, name, priority));
-            tokio::task::yield_now().await;
-            tokio::time::advance(Duration::from_millis(1)).await;
-        }
-        // Both are overdue now; the batch waiter has waited longer.
-        tokio::time::advance(BACKGROUND_MAX_WAIT).await;
-        drop(held);
-        for task in tasks {
-            task.await.unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), ["batch", "background"]);
+        // Both are overdue at the release; the batch waiter has waited longer.
+        let order = order_of_turns(
+            &[
+                ("batch", Priority::Batch, Duration::from_millis(1)),
+                ("background", Priority::Background, Duration::from_millis(1)),
+            ],
+            BACKGROUND_MAX_WAIT,
+        )
+        .await;
+        assert_eq!(order, ["batch", "background"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -109,7 +109,7 @@ struct Record {
     version: u64,
     map: Map,
     /// Its commits' mutations, to wake watches with once it is published.
-    touched: Vec<Committed>,
+    committed: Vec<Committed>,
     replies: Vec<(oneshot::Sender<Result<CommitOutcome>>, CommitOutcome)>,
 }
 
@@ -340,7 +340,7 @@ struct Sequencer {
 struct OpenRecord {
     bytes: Vec<u8>,
     replies: Vec<(oneshot::Sender<Result<CommitOutcome>>, CommitOutcome)>,
-    touched: Vec<Committed>,
+    committed: Vec<Committed>,
 }
 
 impl Sequencer {
@@ -406,7 +406,7 @@ impl Sequencer {
         OpenRecord {
             bytes,
             replies: Vec::new(),
-            touched: Vec::new(),
+            committed: Vec::new(),
         }
     }
 
@@ -441,7 +441,7 @@ impl Sequencer {
         // Moved, not copied: the log thread finds the watched keys in them after publishing,
         // and frees them there, off this thread.
         record
-            .touched
+            .committed
             .push((stamp, std::mem::take(&mut req.mutations)));
         record.replies.push((
             reply,
@@ -466,7 +466,7 @@ impl Sequencer {
                 bytes: record.bytes,
                 version: self.version,
                 map: self.map.clone(),
-                touched: record.touched,
+                committed: record.committed,
                 replies: record.replies,
             })
             .is_ok()
@@ -522,6 +522,12 @@ struct Logged<'a> {
 }
 
 impl Logged<'_> {
+    fn log_put(&mut self, key: &[u8], value: &[u8]) {
+        self.log.push(OP_PUT);
+        self.bytes(key);
+        self.bytes(value);
+    }
+
     fn bytes(&mut self, b: &[u8]) {
         // Keys and values are far below 4 GiB (the store's limits are 10 kB and 100 kB).
         self.log
@@ -536,16 +542,12 @@ impl KvWrite for Logged<'_> {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.log.push(OP_PUT);
-        self.bytes(key);
-        self.bytes(value);
+        self.log_put(key, value);
         self.map.put(key, value)
     }
 
     fn put_shared(&mut self, key: &Arc<[u8]>, value: &Arc<[u8]>) -> Result<()> {
-        self.log.push(OP_PUT);
-        self.bytes(key);
-        self.bytes(value);
+        self.log_put(key, value);
         self.map.put_shared(key, value)
     }
 
@@ -643,11 +645,11 @@ impl LogWriter {
 
     /// Makes the batch's state visible and answers its callers.
     fn publish(&self, batch: Vec<Record>) {
-        let mut touched = Vec::new();
+        let mut committed = Vec::new();
         let mut replies = Vec::new();
         let mut last = None;
         for record in batch {
-            touched.extend(record.touched);
+            committed.extend(record.committed);
             replies.extend(record.replies);
             last = Some((record.version, record.map));
         }
@@ -658,7 +660,9 @@ impl LogWriter {
         for (reply, outcome) in replies {
             let _ = reply.send(Ok(outcome));
         }
-        self.shared.watches.fire_committed(&*self.shared, &touched);
+        self.shared
+            .watches
+            .fire_committed(&*self.shared, &committed);
     }
 
     /// Starts a new segment and checkpoints the state as of the end of the old ones in the

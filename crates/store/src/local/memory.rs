@@ -56,7 +56,7 @@ impl MemoryEngine {
     }
 
     fn commit_now(&self, req: CommitRequest) -> Result<CommitOutcome> {
-        let (outcome, touched) = {
+        let (outcome, committed) = {
             let mut st = self.lock();
             if let Some(rv) = req.read_version {
                 st.resolver.check(rv, &req.reads)?;
@@ -81,7 +81,7 @@ impl MemoryEngine {
             st.resolver.record(version, writes, self.clock.monotonic());
             (CommitOutcome { version, stamp }, [(stamp, req.mutations)])
         };
-        self.watches.fire_committed(self, &touched);
+        self.watches.fire_committed(self, &committed);
         Ok(outcome)
     }
 }
