@@ -18,6 +18,7 @@
 //! ("t", T, "q", "bytes", SHARD)                        -> i64   argument bytes of unfinished jobs
 //! ("g", "qactive", SPREAD(T), T)                       -> ""    tenant may have queued, scheduled or running jobs
 //! ("g", "qwake", SHARD)                                -> i64   bumped by enqueues; idle workers watch it
+//! ("g", "qnew", SPREAD(T), T)                          -> ""    tenant's first queued job arrived: claims serve it first
 //! ("t", T, "q", "cron",  NAME)                         -> CronSchedule (JSON)
 //! ("t", T, "q", "tick",  NAME, FIRE)                   -> TickRecord: fired / skipped / coalesced
 //! ("g", "cron", NAME) / ("g", "crontick", NAME, FIRE)  -> the same for system schedules
@@ -239,25 +240,43 @@ pub(crate) fn spread(tenant: Uuid) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The tenant's entry in the index of tenants that may have work.
-pub(crate) fn active_tenant(tenant: Uuid) -> Vec<u8> {
-    pack(&("g", "qactive", spread(tenant), tenant))
+/// The two indexes of tenants, each ordered by [`spread`]: tenants that may have work, and
+/// tenants whose queue just went from empty to not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TenantIndex {
+    Active,
+    Fresh,
 }
 
-/// Tenants that may have work, from the point `start` of the index (wrapping is the caller's).
-pub(crate) fn active_tenants_from(start: u64) -> RangeOption {
-    RangeOption::new(
-        pack(&("g", "qactive", start)),
-        strinc(&pack(&("g", "qactive"))),
-    )
+impl TenantIndex {
+    fn name(self) -> &'static str {
+        match self {
+            TenantIndex::Active => "qactive",
+            TenantIndex::Fresh => "qnew",
+        }
+    }
+
+    /// The tenant's entry.
+    pub(crate) fn entry(self, tenant: Uuid) -> Vec<u8> {
+        pack(&("g", self.name(), spread(tenant), tenant))
+    }
+
+    /// Entries from the point `start` of the index (wrapping is the caller's).
+    pub(crate) fn from(self, start: u64) -> RangeOption {
+        RangeOption::new(
+            pack(&("g", self.name(), start)),
+            strinc(&pack(&("g", self.name()))),
+        )
+    }
+
+    /// Entries before the point `end` of the index.
+    pub(crate) fn before(self, end: u64) -> RangeOption {
+        RangeOption::new(pack(&("g", self.name())), pack(&("g", self.name(), end)))
+    }
 }
 
-/// Tenants that may have work, before the point `end` of the index.
-pub(crate) fn active_tenants_before(end: u64) -> RangeOption {
-    RangeOption::new(pack(&("g", "qactive")), pack(&("g", "qactive", end)))
-}
-
-pub(crate) fn parse_active_tenant(key: &[u8]) -> Option<Uuid> {
+/// The tenant of an entry of either [`TenantIndex`].
+pub(crate) fn parse_tenant_entry(key: &[u8]) -> Option<Uuid> {
     unpack::<(String, String, u64, Uuid)>(key)
         .ok()
         .map(|(_, _, _, t)| t)
@@ -404,7 +423,17 @@ mod tests {
             k.parse_ready(&k.ready("a", 1, 2, id)),
             Some(("a".to_string(), 1, 2, id))
         );
-        assert_eq!(parse_active_tenant(&active_tenant(t)), Some(t));
+        for index in [TenantIndex::Active, TenantIndex::Fresh] {
+            let entry = index.entry(t);
+            assert_eq!(parse_tenant_entry(&entry), Some(t));
+            let (from, before) = (index.from(spread(t)), index.before(spread(t)));
+            assert!(from.begin <= entry && entry < from.end, "{index:?}");
+            assert!(before.end <= entry, "{index:?}");
+        }
+        // The indexes do not overlap.
+        let fresh = TenantIndex::Fresh.from(0);
+        let active = TenantIndex::Active.entry(t);
+        assert!(!(fresh.begin <= active && active < fresh.end));
     }
 
     #[test]

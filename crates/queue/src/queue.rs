@@ -86,6 +86,8 @@ enum TenantVisit {
     Full,
     /// It has nothing more to give now.
     Drained,
+    /// It gave nothing: another claim of this process is taking its runnable jobs.
+    Hidden,
 }
 
 /// Expired leases rescued and due jobs promoted per tenant per claim.
@@ -339,9 +341,10 @@ impl Queue {
         self.db
             .transact(|tx, maybe_committed| async move {
                 let mut out = Vec::with_capacity(jobs.len());
+                let mut queued = false;
                 for job in jobs {
                     out.push(
-                        self.enqueue_one(&tx, tenant, job, maybe_committed.0)
+                        self.enqueue_one(&tx, tenant, job, maybe_committed.0, &mut queued)
                             .await?,
                     );
                 }
@@ -363,17 +366,20 @@ impl Queue {
         tenant: Uuid,
         job: &NewJob,
     ) -> Result<Enqueued> {
-        self.enqueue_one(tx, tenant, job, false).await
+        self.enqueue_one(tx, tenant, job, false, &mut false).await
     }
 
     /// [`Queue::enqueue_in`]. `maybe_ours`: an earlier attempt of this very call may have
     /// committed, so a job already stored under `job.id` is taken as this call's own.
+    /// `queued`: this transaction already queued a job of the tenant (then its queue is not
+    /// empty, and need not be looked at); set when this job is queued.
     async fn enqueue_one(
         &self,
         tx: &Transaction,
         tenant: Uuid,
         job: &NewJob,
         maybe_ours: bool,
+        queued: &mut bool,
     ) -> Result<Enqueued> {
         validate_new_job(job)?;
         let id = job.id.unwrap_or_else(|| self.ids.next_id());
@@ -472,12 +478,24 @@ impl Queue {
             args_bytes: args_len(&job.args),
             supersedes: superseded,
         };
+        if record.state == JobState::Queued && !std::mem::replace(queued, true) {
+            // A tenant whose queue was empty is served ahead of the others by the next claim
+            // (see `Queue::claim_fresh`). A snapshot read: enqueues never conflict with claims.
+            let empty = tx
+                .get_range(&keys.ready_all().limit(1).snapshot())
+                .await?
+                .kvs
+                .is_empty();
+            if empty {
+                tx.set(&keys::TenantIndex::Fresh.entry(tenant), b"");
+            }
+        }
         self.save(tx, &keys, None, &record)?;
         if let Some(session) = job.session_id {
             tx.set(&keys.session(session, id), b"");
         }
         // Doorbell and wake-up: blind writes, so enqueues never conflict with claims.
-        tx.set(&keys::active_tenant(tenant), b"");
+        tx.set(&keys::TenantIndex::Active.entry(tenant), b"");
         tx.add(&keys::wake(wake_shard(tenant)), 1);
         Ok(Enqueued {
             id,
@@ -576,49 +594,147 @@ impl Queue {
         let now = self.now();
         let read_version = tx.read_version().await?;
         self.recent.expire(read_version);
+        let mut leases = Vec::new();
+        let fresh = self.claim_fresh(tx, req, now, attempt, &mut leases).await?;
+        if leases.len() >= req.max {
+            return Ok(leases);
+        }
         let (mut tenants, idle) = self.pick_tenants(tx, now, req.kinds.as_deref()).await?;
+        // Fresh tenants with nothing more need no second look (those with more may be sampled).
+        tenants.retain(|t| !fresh.contains(t));
         for t in idle {
             self.maybe_retire_doorbell(tx, &TenantKeys::new(t), t)
                 .await?;
         }
         self.with_rng(|r| r.shuffle(&mut tenants));
-        let tenant_keys: Vec<TenantKeys> = tenants.iter().map(|&t| TenantKeys::new(t)).collect();
-        let configs =
-            try_join_all(tenant_keys.iter().map(|k| read_tenant_config(tx, k, true))).await?;
-        // Weighted fair share: each tenant first gets at most its share of this claim, so a
-        // tenant with a million jobs takes no more than its weight's part while others wait;
-        // what the others leave is then offered in a second round.
+        let configs = read_tenant_configs(tx, &tenants).await?;
+        self.claim_shares(
+            tx,
+            req,
+            now,
+            attempt,
+            (&tenants, &configs),
+            true,
+            &mut leases,
+        )
+        .await?;
+        Ok(leases)
+    }
+
+    /// Weighted fair share of what is left of the claim: each tenant first gets at most its
+    /// share, so a tenant with a million jobs takes no more than its weight's part while others
+    /// wait; with `refill`, what the others leave is then offered in a second round.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_shares(
+        &self,
+        tx: &Transaction,
+        req: &ClaimRequest,
+        now: i64,
+        attempt: u64,
+        (tenants, configs): (&[Uuid], &[TenantQueueConfig]),
+        refill: bool,
+        leases: &mut Vec<Lease>,
+    ) -> Result<Vec<Option<TenantVisit>>> {
         let total_weight: u64 = configs
             .iter()
             .map(|c| u64::from(c.weight))
             .sum::<u64>()
             .max(1);
-        let mut leases = Vec::new();
+        let offered = req.max.saturating_sub(leases.len());
         let mut hungry = Vec::new();
-        for (t, cfg) in tenants.iter().zip(&configs) {
+        let mut visits = vec![None; tenants.len()];
+        for ((t, cfg), visit) in tenants.iter().zip(configs).zip(&mut visits) {
             if leases.len() >= req.max {
                 break;
             }
-            let share = (req.max as u64 * u64::from(cfg.weight)).div_ceil(total_weight);
+            let share = (offered as u64 * u64::from(cfg.weight)).div_ceil(total_weight);
             let quota = usize::try_from(share)
                 .unwrap_or(req.max)
                 .clamp(1, req.max - leases.len());
             let got = self
-                .claim_tenant(tx, *t, cfg, req, now, quota, attempt, &mut leases)
+                .claim_tenant(tx, *t, cfg, req, now, quota, attempt, leases)
                 .await?;
-            if got == TenantVisit::Full {
+            if refill && got == TenantVisit::Full {
                 hungry.push((*t, cfg));
             }
+            *visit = Some(got);
         }
         for (t, cfg) in hungry {
             let need = req.max - leases.len();
             if need == 0 {
                 break;
             }
-            self.claim_tenant(tx, t, cfg, req, now, need, attempt, &mut leases)
+            self.claim_tenant(tx, t, cfg, req, now, need, attempt, leases)
                 .await?;
         }
-        Ok(leases)
+        Ok(visits)
+    }
+
+    /// Serves the tenants whose queue went from empty to not since a claim last looked (the
+    /// fresh index; FQ-CoDel's "new flows"): up to `tenants_per_claim` of them, from a random
+    /// point of the index, each up to its weighted share of the claim, before any other
+    /// tenant. A visited tenant's entry goes, whatever the visit found (a tenant with more work
+    /// keeps its place in the active index, and takes its turn there). So a tenant with a few
+    /// jobs does not wait for the random sample of a busy queue to include it, and a tenant
+    /// cannot stay first: only an enqueue into its empty queue puts it back. Returns the
+    /// tenants it visited that have nothing more for this claim.
+    ///
+    /// The entries are read as a snapshot and cleared blindly: an enqueue that re-adds one
+    /// while this claim runs may lose it to this clear, and its job then waits for the active
+    /// index, as every job did before the fresh index existed.
+    async fn claim_fresh(
+        &self,
+        tx: &Transaction,
+        req: &ClaimRequest,
+        now: i64,
+        attempt: u64,
+        leases: &mut Vec<Lease>,
+    ) -> Result<Vec<Uuid>> {
+        let want = self.config.tenants_per_claim;
+        let start = self.with_rng(|r| r.u64(..));
+        let mut fresh = Vec::new();
+        for range in [
+            keys::TenantIndex::Fresh.from(start),
+            keys::TenantIndex::Fresh.before(start),
+        ] {
+            let page = tx
+                .get_range(&range.limit(want - fresh.len()).snapshot())
+                .await?;
+            fresh.extend(page.kvs.into_iter().map(|kv| kv.key));
+            if fresh.len() >= want {
+                break;
+            }
+        }
+        let mut tenants = Vec::with_capacity(fresh.len());
+        for entry in &fresh {
+            match keys::parse_tenant_entry(entry) {
+                Some(tenant) => tenants.push(tenant),
+                // Not an entry this version writes: it must not be read by every claim.
+                None => tx.clear(entry),
+            }
+        }
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let configs = read_tenant_configs(tx, &tenants).await?;
+        // Each its share of the claim, and no more: the rest goes to the active tenants.
+        let visits = self
+            .claim_shares(tx, req, now, attempt, (&tenants, &configs), false, leases)
+            .await?;
+        // An entry stays for the next claim if this one did not get to its tenant (it was
+        // full) or another claim of this process is taking the tenant's jobs (that claim
+        // clears it, or the next one finds the tenant empty and does): so of the workers woken
+        // together by an enqueue, one writes, not every one.
+        let mut done = Vec::with_capacity(tenants.len());
+        for (&tenant, visit) in tenants.iter().zip(&visits) {
+            if matches!(visit, Some(TenantVisit::Full | TenantVisit::Drained)) {
+                tx.clear(&keys::TenantIndex::Fresh.entry(tenant));
+            }
+            if visit.is_some_and(|v| v != TenantVisit::Full) {
+                done.push(tenant);
+            }
+        }
+        Ok(done)
     }
 
     /// Up to `tenants_per_claim` tenants with work to hand out now, from a uniformly random
@@ -640,8 +756,8 @@ impl Queue {
         let (mut busy, mut idle) = (Vec::new(), Vec::new());
         // Pages from the random point to the end of the index, then from its beginning to the point.
         for range in [
-            keys::active_tenants_from(start),
-            keys::active_tenants_before(start),
+            keys::TenantIndex::Active.from(start),
+            keys::TenantIndex::Active.before(start),
         ] {
             let mut next = Some(range.limit(want).snapshot());
             while let Some(opt) = next.take() {
@@ -655,7 +771,7 @@ impl Queue {
                 let tenants: Vec<Uuid> = page
                     .kvs
                     .iter()
-                    .filter_map(|kv| keys::parse_active_tenant(&kv.key))
+                    .filter_map(|kv| keys::parse_tenant_entry(&kv.key))
                     .collect();
                 let tenant_keys: Vec<TenantKeys> =
                     tenants.iter().map(|&t| TenantKeys::new(t)).collect();
@@ -849,6 +965,9 @@ impl Queue {
                 ready_at: job.run_at.max(job.created_at),
             });
         }
+        if claimed == 0 && candidates.is_empty() && skipped > 0 {
+            return Ok(TenantVisit::Hidden);
+        }
         if candidates.len() + skipped > claimed {
             // More is waiting: the tenant stays active, and may give more in a second round
             // (unless its concurrency slots ran out).
@@ -995,7 +1114,7 @@ impl Queue {
                 return Ok(());
             }
         }
-        tx.clear(&keys::active_tenant(tenant));
+        tx.clear(&keys::TenantIndex::Active.entry(tenant));
         Ok(())
     }
 
@@ -1244,7 +1363,7 @@ impl Queue {
                     transition(&mut next, JobState::Queued, now);
                 }
                 self.save(&tx, &keys, Some(&job), &next)?;
-                tx.set(&keys::active_tenant(lease.tenant), b"");
+                tx.set(&keys::TenantIndex::Active.entry(lease.tenant), b"");
                 Ok(())
             })
             .await
@@ -1372,7 +1491,7 @@ impl Queue {
         next.run_at = now;
         transition(&mut next, JobState::Queued, now);
         self.save(tx, keys, Some(job), &next)?;
-        tx.set(&keys::active_tenant(job.tenant), b"");
+        tx.set(&keys::TenantIndex::Active.entry(job.tenant), b"");
         tx.add(&keys::wake(wake_shard(job.tenant)), 1);
         Ok(())
     }
@@ -1774,6 +1893,12 @@ pub(crate) async fn read_tenant_config(
         }),
         None => Ok(TenantQueueConfig::default()),
     }
+}
+
+/// The tenants' queue configs, as snapshot reads, concurrently.
+async fn read_tenant_configs(tx: &Transaction, tenants: &[Uuid]) -> Result<Vec<TenantQueueConfig>> {
+    let keys: Vec<TenantKeys> = tenants.iter().map(|&t| TenantKeys::new(t)).collect();
+    try_join_all(keys.iter().map(|k| read_tenant_config(tx, k, true))).await
 }
 
 /// Where a job sits in the scheduling indexes, by state.

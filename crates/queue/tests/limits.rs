@@ -357,3 +357,77 @@ async fn tenants_whose_jobs_all_run_do_not_take_a_claims_sample() {
         .unwrap();
     assert!(active.is_empty(), "{} doorbells left", active.len());
 }
+
+/// The jobs of `tenant` among `leases`.
+fn of(tenant: Uuid, leases: &[steward_queue::Lease]) -> usize {
+    leases.iter().filter(|l| l.tenant == tenant).count()
+}
+
+/// Enqueues 3 jobs in each of 300 tenants (far more than a claim samples), then claims until
+/// every tenant has been served once as fresh (one job each).
+async fn busy_queue() -> Queue {
+    let q = queue(None);
+    for t in 1000..1300 {
+        enqueue_n(&q, Uuid::from_u128(t), 3).await;
+    }
+    // Each claim serves (and clears) up to `tenants_per_claim` fresh entries, one job each.
+    let per_claim = QueueConfig::default().tenants_per_claim;
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..300_usize.div_ceil(per_claim) + 1 {
+        let got = q.claim(&claim_of(per_claim)).await.unwrap();
+        served.extend(got.iter().map(|l| l.tenant));
+    }
+    assert_eq!(served.len(), 300, "every tenant was served once as fresh");
+    q
+}
+
+#[tokio::test]
+async fn a_tenant_whose_queue_was_empty_is_served_by_the_next_claim() {
+    let q = busy_queue().await;
+    let fresh = Uuid::from_u128(7);
+    enqueue_n(&q, fresh, 3).await;
+    // A random sample of 16 of 301 tenants would hold it about once in 19 claims.
+    let first = q.claim(&claim_of(1)).await.unwrap();
+    assert_eq!(of(fresh, &first), 1, "{first:?}");
+    // Once served it waits its turn like the others: only an enqueue into its empty queue
+    // puts it first again.
+    let mut next = Vec::new();
+    for _ in 0..10 {
+        next.extend(q.claim(&claim_of(1)).await.unwrap());
+    }
+    assert!(of(fresh, &next) <= 1, "served first again: {next:?}");
+}
+
+#[tokio::test]
+async fn a_fresh_tenant_still_obeys_its_pause_and_concurrency_limit() {
+    let q = busy_queue().await;
+    let (paused, limited) = (Uuid::from_u128(7), Uuid::from_u128(8));
+    q.pause(paused, None).await.unwrap();
+    q.set_tenant_config(
+        limited,
+        &TenantQueueConfig {
+            max_running: Some(1),
+            ..TenantQueueConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    enqueue_n(&q, paused, 2).await;
+    enqueue_n(&q, limited, 5).await;
+    let first = q.claim(&claim_of(10)).await.unwrap();
+    assert_eq!(of(paused, &first), 0, "{first:?}");
+    assert_eq!(of(limited, &first), 1, "{first:?}");
+    // Draining everything else runs no more of them while the first runs and the pause holds.
+    let mut rest = Vec::new();
+    loop {
+        let got = q.claim(&claim_of(100)).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        rest.extend(got);
+    }
+    assert_eq!((of(paused, &rest), of(limited, &rest)), (0, 0));
+    q.resume(paused, None).await.unwrap();
+    let after = q.claim(&claim_of(100)).await.unwrap();
+    assert_eq!(of(paused, &after), 2, "{after:?}");
+}
