@@ -607,7 +607,8 @@ impl World {
 
     /// One tenant floods (priority 0), a few small tenants enqueue two jobs each (priority
     /// 200); single-job claims follow. Every small tenant must get its first claim within
-    /// `FAIRNESS_ROUNDS_PER_TENANT` claim rounds per tenant with runnable work.
+    /// `FAIRNESS_ROUNDS_PER_TENANT` claim rounds per tenant with runnable work, and, being
+    /// fresh (its queue was empty), within one round per tenant with runnable work.
     pub(super) async fn fairness(&mut self) {
         self.trace("phase: fairness");
         let flood = random_uuid(&mut self.rng);
@@ -720,6 +721,13 @@ impl World {
                 .collect();
             self.violation(format!(
                 "FAIRNESS bound: small tenants {starved:?} got no job claimed within {bound} claim rounds ({FAIRNESS_ROUNDS_PER_TENANT} per tenant with runnable work, {runnable} such tenants) while tenant {flood} flooded {FLOOD} jobs"
+            ));
+        } else if worst > runnable {
+            // Each small tenant's queue was empty when its jobs arrived, so each is fresh, and
+            // a claim serves fresh tenants first: one-job claims reach all of them (and the
+            // flood's own entry, if no claim took it yet) within `runnable` rounds.
+            self.violation(format!(
+                "FRESH tenants first: the last small tenant's first claim came in round {worst}, after more than {runnable} one-job claims (first claims {first:?})"
             ));
         } else {
             let ratio = worst as f64 / runnable as f64;
