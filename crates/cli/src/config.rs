@@ -26,7 +26,7 @@ pub(crate) const SECTIONS: &[&str] = &[
 
 /// Most batch attempts `[embedded] batch_in_flight` may allow at once.
 const MAX_BATCH_IN_FLIGHT: usize = 64;
-/// Bounds of `[embedded] checkpoint_mib`.
+/// Bounds of `[embedded] checkpoint_mib` and `checkpoint_mib_per_sec`.
 const CHECKPOINT_MIB: std::ops::RangeInclusive<u64> = 1..=65_536;
 
 /// `[embedded]`: tuning of the embedded store. The other backends ignore its values, but it is
@@ -38,6 +38,23 @@ struct EmbeddedSection {
     batch_in_flight: Option<usize>,
     /// `OpenOptions::embedded_checkpoint_bytes`, in MiB.
     checkpoint_mib: Option<u64>,
+    /// `OpenOptions::embedded_checkpoint_bytes_per_sec`, in MiB.
+    checkpoint_mib_per_sec: Option<u64>,
+}
+
+/// A size setting in MiB within [`CHECKPOINT_MIB`], in bytes.
+fn mib_setting(key: &'static str, mib: u64) -> Result<u64, ConfigError> {
+    if !CHECKPOINT_MIB.contains(&mib) {
+        return Err(ConfigError::setting(
+            key,
+            format!(
+                "must be {} to {}, not {mib}",
+                CHECKPOINT_MIB.start(),
+                CHECKPOINT_MIB.end()
+            ),
+        ));
+    }
+    Ok(mib << 20)
 }
 
 /// A configuration error: bad usage, reported with exit code 2.
@@ -119,7 +136,8 @@ impl Settings {
     }
 
     /// How to open the store: `[embedded]` (`batch_in_flight`, 1 to 64, default 2;
-    /// `checkpoint_mib`, 1 to 65,536, default 256).
+    /// `checkpoint_mib`, 1 to 65,536, default 256; `checkpoint_mib_per_sec`, 1 to 65,536,
+    /// default 32).
     ///
     /// # Errors
     /// [`ConfigError::Setting`] naming the key and its accepted range.
@@ -136,17 +154,11 @@ impl Settings {
             options.embedded_batch_in_flight = n;
         }
         if let Some(mib) = section.checkpoint_mib {
-            if !CHECKPOINT_MIB.contains(&mib) {
-                return Err(ConfigError::setting(
-                    "embedded.checkpoint_mib",
-                    format!(
-                        "must be {} to {}, not {mib}",
-                        CHECKPOINT_MIB.start(),
-                        CHECKPOINT_MIB.end()
-                    ),
-                ));
-            }
-            options.embedded_checkpoint_bytes = mib << 20;
+            options.embedded_checkpoint_bytes = mib_setting("embedded.checkpoint_mib", mib)?;
+        }
+        if let Some(mib) = section.checkpoint_mib_per_sec {
+            options.embedded_checkpoint_bytes_per_sec =
+                mib_setting("embedded.checkpoint_mib_per_sec", mib)?;
         }
         Ok(options)
     }
@@ -407,13 +419,17 @@ mod tests {
             o.embedded_batch_in_flight,
             steward_store::DEFAULT_EMBEDDED_BATCH_IN_FLIGHT
         );
-        let f = config_file("[embedded]\nbatch_in_flight = 4\ncheckpoint_mib = 64\n");
+        assert_eq!(o.embedded_checkpoint_bytes_per_sec, 32 << 20);
+        let f = config_file(
+            "[embedded]\nbatch_in_flight = 4\ncheckpoint_mib = 64\ncheckpoint_mib_per_sec = 100\n",
+        );
         let o = resolve_with_env(None, Some(f.path()), Vec::new())
             .unwrap()
             .open_options()
             .unwrap();
         assert_eq!(o.embedded_batch_in_flight, 4);
         assert_eq!(o.embedded_checkpoint_bytes, 64 << 20);
+        assert_eq!(o.embedded_checkpoint_bytes_per_sec, 100 << 20);
         let env = vec![(
             "STEWARD_EMBEDDED__BATCH_IN_FLIGHT".to_string(),
             "3".to_string(),
@@ -435,6 +451,10 @@ mod tests {
             (
                 "[embedded]\ncheckpoint_mib = 0\n",
                 "embedded.checkpoint_mib",
+            ),
+            (
+                "[embedded]\ncheckpoint_mib_per_sec = 70000\n",
+                "embedded.checkpoint_mib_per_sec",
             ),
             (
                 "[embedded]\nbatch_in_flight = \"two\"\n",

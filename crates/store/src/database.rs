@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::admission::Admission;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, ErrorClass, Result, TransactError};
-use crate::local::embedded::EmbeddedEngine;
+use crate::local::embedded::{Checkpoints, EmbeddedEngine};
 use crate::local::memory::MemoryEngine;
 use crate::local::{Engine, LocalTx};
 use crate::transaction::{Transaction, TxBackend, TxInner};
@@ -98,6 +98,11 @@ pub struct OpenOptions {
     /// old segments are deleted (default 256 MiB, or twice the last checkpoint's size if that is
     /// more). Smaller means faster opens and more writing.
     pub embedded_checkpoint_bytes: u64,
+    /// `embedded:` only: a checkpoint is written at most this fast, in bytes per second
+    /// (default 32 MiB/s), syncing every MiB, so that it leaves the disk to the log's commits
+    /// (written flat out, one of 60 MB held commits up for hundreds of milliseconds). At least
+    /// 1 (0 is refused with [`Error::InvalidOption`], on every backend).
+    pub embedded_checkpoint_bytes_per_sec: u64,
     /// `embedded:` only: at most this many [`Priority::Batch`] and [`Priority::Background`]
     /// attempts together run at once (from
     /// their first read to the end of their commit; default
@@ -118,6 +123,8 @@ impl Default for OpenOptions {
             seed: None,
             run: RunOptions::default(),
             embedded_checkpoint_bytes: crate::local::embedded::DEFAULT_CHECKPOINT_BYTES,
+            embedded_checkpoint_bytes_per_sec:
+                crate::local::embedded::DEFAULT_CHECKPOINT_BYTES_PER_SEC,
             embedded_batch_in_flight: DEFAULT_EMBEDDED_BATCH_IN_FLIGHT,
         }
     }
@@ -178,6 +185,12 @@ impl Database {
                 reason: "must be at least 1",
             });
         }
+        if options.embedded_checkpoint_bytes_per_sec == 0 {
+            return Err(Error::InvalidOption {
+                field: "embedded_checkpoint_bytes_per_sec",
+                reason: "must be at least 1",
+            });
+        }
         let backend =
             match &url {
                 StoreUrl::Memory => DbBackend::Local(
@@ -186,7 +199,10 @@ impl Database {
                 StoreUrl::Embedded(path) => DbBackend::Local(EmbeddedEngine::open(
                     path,
                     Arc::clone(&options.clock),
-                    options.embedded_checkpoint_bytes,
+                    Checkpoints {
+                        every_bytes: options.embedded_checkpoint_bytes,
+                        bytes_per_sec: options.embedded_checkpoint_bytes_per_sec,
+                    },
                 )? as Arc<dyn Engine>),
                 #[cfg(feature = "fdb")]
                 StoreUrl::Fdb(cluster_file) => {

@@ -112,28 +112,28 @@ async fn background_attempts_leave_a_turn_to_batch_ones() {
 #[test]
 fn a_limit_of_zero_is_refused_naming_the_option() {
     let dir = tempfile::tempdir().unwrap();
+    let zero_turns = OpenOptions {
+        embedded_batch_in_flight: 0,
+        ..OpenOptions::default()
+    };
+    let zero_rate = OpenOptions {
+        embedded_checkpoint_bytes_per_sec: 0,
+        ..OpenOptions::default()
+    };
     for url in [
         format!("embedded:{}", dir.path().display()),
         "memory:".to_string(),
     ] {
-        let err = Database::open_with(
-            &url,
-            OpenOptions {
-                embedded_batch_in_flight: 0,
-                ..OpenOptions::default()
-            },
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidOption {
-                    field: "embedded_batch_in_flight",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        for (options, option) in [
+            (zero_turns.clone(), "embedded_batch_in_flight"),
+            (zero_rate.clone(), "embedded_checkpoint_bytes_per_sec"),
+        ] {
+            let err = Database::open_with(&url, options).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidOption { field, .. } if field == option),
+                "{err:?}"
+            );
+        }
     }
 }
 
