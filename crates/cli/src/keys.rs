@@ -206,9 +206,10 @@ pub(crate) fn for_verification(
 ) -> Result<ModelsConfig, ConfigError> {
     const CHAIN: &str = "models.audit_chain_key_file";
     let dev = |file: &str| dev_dir.map(|d| d.join(file)).filter(|p| p.exists());
-    let chain_path = match (&models.audit_chain_key_file, dev(DEV_CHAIN)) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => p,
+    let chain = match (&models.audit_chain_key_file, dev(DEV_CHAIN)) {
+        (Some(p), _) => read_secret(CHAIN, p)?,
+        // Read as `steward dev` reads it: raw random bytes, a last byte of b'\n' included.
+        (None, Some(p)) => dev_secret(&p).map_err(|e| ConfigError::setting(CHAIN, e))?,
         (None, None) => {
             return Err(ConfigError::setting(
                 CHAIN,
@@ -216,7 +217,6 @@ pub(crate) fn for_verification(
             ))
         }
     };
-    let chain = read_secret(CHAIN, &chain_path)?;
     // Refresh tokens play no part in verification: a random key that is never stored.
     let unused = SecretKey::generate().map_err(|e| ConfigError::setting(CHAIN, e))?;
     let mut config = ModelsConfig::new(unused, chain);
@@ -347,6 +347,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_development_chain_key_ending_in_a_newline_is_read_whole_for_verification() {
+        // 32 random bytes end in b'\n' once in 256 development stores: `steward dev` uses all
+        // 32, so verification must too (it once trimmed the newline and refused the key).
+        let dir = tempfile::tempdir().unwrap();
+        let mut key = vec![7u8; 31];
+        key.push(b'\n');
+        write_private(&dir.path().join(DEV_CHAIN), &key).unwrap();
+        let config = for_verification(&ModelsSection::default(), Some(dir.path())).unwrap();
+        assert!(
+            config.audit.chain_key == SecretKey::new(key),
+            "the whole key"
+        );
+    }
 
     #[test]
     fn development_keys_are_created_once_private_and_reused() {
