@@ -371,8 +371,8 @@ impl Queue {
 
     /// [`Queue::enqueue_in`]. `maybe_ours`: an earlier attempt of this very call may have
     /// committed, so a job already stored under `job.id` is taken as this call's own.
-    /// `queued`: this transaction already queued a job of the tenant (then its queue is not
-    /// empty, and need not be looked at); set when this job is queued.
+    /// `queued`: this transaction already enqueued a runnable job of the tenant (then the
+    /// tenant is not fresh, and its index entry need not be read); set when this one does.
     async fn enqueue_one(
         &self,
         tx: &Transaction,
@@ -421,6 +421,18 @@ impl Queue {
         // Before anything of the job is written: a refusal leaves the transaction clean (the
         // scheduler records a refused tick and commits the rest).
         self.admit(tx, &keys, job).await?;
+        // A runnable job of a tenant in neither index (nothing queued, scheduled or running
+        // since a claim last saw it idle) makes it fresh: the next claim serves it ahead of the
+        // others (see `Queue::claim_fresh`; FQ-CoDel's rule for a new flow). Read before this
+        // call writes the tenant's entry, once per transaction, and as a snapshot: enqueues
+        // never conflict with claims.
+        let runnable = job.run_at.is_none_or(|at| at <= now);
+        let fresh = runnable
+            && !std::mem::replace(queued, true)
+            && tx
+                .get(&keys::TenantIndex::Active.entry(tenant), true)
+                .await?
+                .is_none();
         if let Some(key) = &job.idempotency_key {
             tx.set(&keys.idempotency(key), id.as_bytes());
         }
@@ -478,17 +490,8 @@ impl Queue {
             args_bytes: args_len(&job.args),
             supersedes: superseded,
         };
-        if record.state == JobState::Queued && !std::mem::replace(queued, true) {
-            // A tenant whose queue was empty is served ahead of the others by the next claim
-            // (see `Queue::claim_fresh`). A snapshot read: enqueues never conflict with claims.
-            let empty = tx
-                .get_range(&keys.ready_all().limit(1).snapshot())
-                .await?
-                .kvs
-                .is_empty();
-            if empty {
-                tx.set(&keys::TenantIndex::Fresh.entry(tenant), b"");
-            }
+        if fresh {
+            tx.set(&keys::TenantIndex::Fresh.entry(tenant), b"");
         }
         self.save(tx, &keys, None, &record)?;
         if let Some(session) = job.session_id {
@@ -608,22 +611,23 @@ impl Queue {
         }
         self.with_rng(|r| r.shuffle(&mut tenants));
         let configs = read_tenant_configs(tx, &tenants).await?;
+        let budget = req.max - leases.len();
         self.claim_shares(
             tx,
             req,
             now,
             attempt,
             (&tenants, &configs),
-            true,
+            (budget, true),
             &mut leases,
         )
         .await?;
         Ok(leases)
     }
 
-    /// Weighted fair share of what is left of the claim: each tenant first gets at most its
-    /// share, so a tenant with a million jobs takes no more than its weight's part while others
-    /// wait; with `refill`, what the others leave is then offered in a second round.
+    /// Weighted fair shares of `budget` more jobs: each tenant first gets at most its share, so
+    /// a tenant with a million jobs takes no more than its weight's part while others wait;
+    /// with `refill`, what the others leave is then offered in a second round.
     #[allow(clippy::too_many_arguments)]
     async fn claim_shares(
         &self,
@@ -632,7 +636,7 @@ impl Queue {
         now: i64,
         attempt: u64,
         (tenants, configs): (&[Uuid], &[TenantQueueConfig]),
-        refill: bool,
+        (budget, refill): (usize, bool),
         leases: &mut Vec<Lease>,
     ) -> Result<Vec<Option<TenantVisit>>> {
         let total_weight: u64 = configs
@@ -640,17 +644,17 @@ impl Queue {
             .map(|c| u64::from(c.weight))
             .sum::<u64>()
             .max(1);
-        let offered = req.max.saturating_sub(leases.len());
+        let end = req.max.min(leases.len() + budget);
         let mut hungry = Vec::new();
         let mut visits = vec![None; tenants.len()];
         for ((t, cfg), visit) in tenants.iter().zip(configs).zip(&mut visits) {
-            if leases.len() >= req.max {
+            if leases.len() >= end {
                 break;
             }
-            let share = (offered as u64 * u64::from(cfg.weight)).div_ceil(total_weight);
+            let share = (budget as u64 * u64::from(cfg.weight)).div_ceil(total_weight);
             let quota = usize::try_from(share)
-                .unwrap_or(req.max)
-                .clamp(1, req.max - leases.len());
+                .unwrap_or(budget)
+                .clamp(1, end - leases.len());
             let got = self
                 .claim_tenant(tx, *t, cfg, req, now, quota, attempt, leases)
                 .await?;
@@ -660,7 +664,7 @@ impl Queue {
             *visit = Some(got);
         }
         for (t, cfg) in hungry {
-            let need = req.max - leases.len();
+            let need = end - leases.len();
             if need == 0 {
                 break;
             }
@@ -672,7 +676,7 @@ impl Queue {
 
     /// Serves the tenants whose queue went from empty to not since a claim last looked (the
     /// fresh index; FQ-CoDel's "new flows"): up to `tenants_per_claim` of them, from a random
-    /// point of the index, each up to its weighted share of the claim, before any other
+    /// point of the index, each up to its weighted share of half the claim, before any other
     /// tenant. A visited tenant's entry goes, whatever the visit found (a tenant with more work
     /// keeps its place in the active index, and takes its turn there). So a tenant with a few
     /// jobs does not wait for the random sample of a busy queue to include it, and a tenant
@@ -717,9 +721,20 @@ impl Queue {
             return Ok(Vec::new());
         }
         let configs = read_tenant_configs(tx, &tenants).await?;
-        // Each its share of the claim, and no more: the rest goes to the active tenants.
+        // Each its share of at most half the claim, and no more: the rest goes to the active
+        // tenants' sample, so fresh tenants never take whole claims from those with a backlog
+        // (unless a claim is for one job).
+        let budget = req.max.div_ceil(2);
         let visits = self
-            .claim_shares(tx, req, now, attempt, (&tenants, &configs), false, leases)
+            .claim_shares(
+                tx,
+                req,
+                now,
+                attempt,
+                (&tenants, &configs),
+                (budget, false),
+                leases,
+            )
             .await?;
         // An entry stays for the next claim if this one did not get to its tenant (it was
         // full) or another claim of this process is taking the tenant's jobs (that claim

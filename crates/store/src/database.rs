@@ -101,7 +101,7 @@ pub struct OpenOptions {
     /// `embedded:` only: a checkpoint is written at most this fast, in bytes per second
     /// (default 32 MiB/s), syncing every MiB, so that it leaves the disk to the log's commits
     /// (written flat out, one of 60 MB held commits up for hundreds of milliseconds). At least
-    /// 1 (0 is refused with [`Error::InvalidOption`], on every backend).
+    /// 1 MiB/s (less is refused with [`Error::InvalidOption`], on every backend).
     pub embedded_checkpoint_bytes_per_sec: u64,
     /// `embedded:` only: at most this many [`Priority::Batch`] and [`Priority::Background`]
     /// attempts together run at once (from
@@ -185,10 +185,10 @@ impl Database {
                 reason: "must be at least 1",
             });
         }
-        if options.embedded_checkpoint_bytes_per_sec == 0 {
+        if options.embedded_checkpoint_bytes_per_sec < 1 << 20 {
             return Err(Error::InvalidOption {
                 field: "embedded_checkpoint_bytes_per_sec",
-                reason: "must be at least 1",
+                reason: "must be at least 1 MiB (1048576) per second",
             });
         }
         let backend =

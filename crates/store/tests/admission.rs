@@ -116,8 +116,8 @@ fn a_limit_of_zero_is_refused_naming_the_option() {
         embedded_batch_in_flight: 0,
         ..OpenOptions::default()
     };
-    let zero_rate = OpenOptions {
-        embedded_checkpoint_bytes_per_sec: 0,
+    let slow = OpenOptions {
+        embedded_checkpoint_bytes_per_sec: (1 << 20) - 1,
         ..OpenOptions::default()
     };
     for url in [
@@ -126,7 +126,7 @@ fn a_limit_of_zero_is_refused_naming_the_option() {
     ] {
         for (options, option) in [
             (zero_turns.clone(), "embedded_batch_in_flight"),
-            (zero_rate.clone(), "embedded_checkpoint_bytes_per_sec"),
+            (slow.clone(), "embedded_checkpoint_bytes_per_sec"),
         ] {
             let err = Database::open_with(&url, options).unwrap_err();
             assert!(

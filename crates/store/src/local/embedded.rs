@@ -256,7 +256,8 @@ impl Drop for EmbeddedEngine {
     fn drop(&mut self) {
         // Closing the queue ends the sequencer after the commits already queued, which ends
         // the log thread after their records are durable and a checkpoint being written has
-        // stopped (abandoned at its next 4 MiB: the segments it would have replaced stay);
+        // stopped (abandoned at its next MiB or pause slice: the segments it would have
+        // replaced stay);
         // joining them closes every file before the lock is released.
         let started = std::time::Instant::now();
         self.shared.closing.store(true, Ordering::Release);
@@ -820,6 +821,9 @@ impl Default for Checkpoints {
     }
 }
 
+/// A checkpoint's pause is slept in slices of at most this, checking for a close between them.
+const CHECKPOINT_PAUSE_SLICE: Duration = Duration::from_millis(20);
+
 /// How long a checkpoint that has written `written` bytes in `elapsed` pauses before its next
 /// chunk, to stay within `per_sec` bytes per second on average.
 fn checkpoint_pause(written: u64, elapsed: Duration, per_sec: u64) -> Duration {
@@ -872,7 +876,14 @@ fn write_checkpoint(
             out.get_ref().sync_data()?;
             written += unsynced as u64;
             unsynced = 0;
-            std::thread::sleep(checkpoint_pause(written, started.elapsed(), per_sec));
+            // In slices, so that a close does not wait out a long pause.
+            loop {
+                let pause = checkpoint_pause(written, started.elapsed(), per_sec);
+                if pause.is_zero() || stop.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep(pause.min(CHECKPOINT_PAUSE_SLICE));
+            }
         }
     }
     let sum = crc.finalize();
@@ -1295,6 +1306,34 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(read_checkpoint(dir.path()).unwrap(), (3, map));
+    }
+
+    #[test]
+    fn a_close_does_not_wait_out_a_checkpoint_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = Map::new();
+        for i in 0..1_024u32 {
+            put(&mut map, &i.to_be_bytes(), &[5u8; 4096]);
+        }
+        let closing = Arc::new(AtomicBool::new(false));
+        let close = {
+            let closing = Arc::clone(&closing);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                closing.store(true, Ordering::Release);
+            })
+        };
+        let started = Instant::now();
+        // At 1 MiB/s the first pause alone is about a second.
+        let outcome = write_checkpoint(dir.path(), 3, &map, 1 << 20, &closing).unwrap();
+        close.join().unwrap();
+        assert_eq!(outcome, None, "abandoned");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!dir.path().join(CHECKPOINT_TMP).exists());
     }
 
     #[test]
