@@ -18,7 +18,7 @@
 //! ("t", T, "q", "bytes", SHARD)                        -> i64   argument bytes of unfinished jobs
 //! ("g", "qactive", SPREAD(T), T)                       -> ""    tenant may have queued, scheduled or running jobs
 //! ("g", "qwake", SHARD)                                -> i64   bumped by enqueues; idle workers watch it
-//! ("g", "qnew", SPREAD(T), T)                          -> ""    tenant's first queued job arrived: claims serve it first
+//! ("g", "qnew", SPREAD(T), T)                          -> ""    a job arrived for a tenant in no index: claims serve it first
 //! ("t", T, "q", "cron",  NAME)                         -> CronSchedule (JSON)
 //! ("t", T, "q", "tick",  NAME, FIRE)                   -> TickRecord: fired / skipped / coalesced
 //! ("g", "cron", NAME) / ("g", "crontick", NAME, FIRE)  -> the same for system schedules
@@ -241,7 +241,7 @@ pub(crate) fn spread(tenant: Uuid) -> u64 {
 }
 
 /// The two indexes of tenants, each ordered by [`spread`]: tenants that may have work, and
-/// tenants whose queue just went from empty to not.
+/// fresh tenants (a job arrived while the tenant was in no index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TenantIndex {
     Active,

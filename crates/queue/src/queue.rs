@@ -674,14 +674,14 @@ impl Queue {
         Ok(visits)
     }
 
-    /// Serves the tenants whose queue went from empty to not since a claim last looked (the
-    /// fresh index; FQ-CoDel's "new flows"): up to `tenants_per_claim` of them, from a random
-    /// point of the index, each up to its weighted share of half the claim, before any other
-    /// tenant. A visited tenant's entry goes, whatever the visit found (a tenant with more work
-    /// keeps its place in the active index, and takes its turn there). So a tenant with a few
-    /// jobs does not wait for the random sample of a busy queue to include it, and a tenant
-    /// cannot stay first: only an enqueue into its empty queue puts it back. Returns the
-    /// tenants it visited that have nothing more for this claim.
+    /// Serves the fresh tenants (those that were in no index when a job arrived; FQ-CoDel's
+    /// "new flows"): up to `tenants_per_claim` of them, from a random point of the fresh
+    /// index, each up to its weighted share of half the claim, before any other tenant. A
+    /// visited tenant's entry goes unless another claim of this process is taking its jobs (a
+    /// tenant with more work keeps its place in the active index, and takes its turn there).
+    /// So a tenant with a few jobs does not wait for the random sample of a busy queue to
+    /// include it, and a tenant cannot stay first: it is fresh again only once a claim has
+    /// seen it idle. Returns the tenants it visited that have nothing more for this claim.
     ///
     /// The entries are read as a snapshot and cleared blindly: an enqueue that re-adds one
     /// while this claim runs may lose it to this clear, and its job then waits for the active
