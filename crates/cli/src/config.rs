@@ -24,8 +24,8 @@ pub(crate) const SECTIONS: &[&str] = &[
     "embedded",
 ];
 
-/// Most batch attempts `[embedded] batch_in_flight` may allow at once.
-const MAX_BATCH_IN_FLIGHT: usize = 64;
+/// Bounds of `[embedded] batch_in_flight`: batch attempts allowed at once.
+const BATCH_IN_FLIGHT: std::ops::RangeInclusive<usize> = 1..=64;
 /// Bounds of `[embedded] checkpoint_mib` and `checkpoint_mib_per_sec`.
 const CHECKPOINT_MIB: std::ops::RangeInclusive<u64> = 1..=65_536;
 
@@ -42,19 +42,19 @@ struct EmbeddedSection {
     checkpoint_mib_per_sec: Option<u64>,
 }
 
-/// A size setting in MiB within [`CHECKPOINT_MIB`], in bytes.
-fn mib_setting(key: &'static str, mib: u64) -> Result<u64, ConfigError> {
-    if !CHECKPOINT_MIB.contains(&mib) {
+/// `value` of setting `key` if it lies in `range`; else the error naming both.
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if !range.contains(&value) {
         return Err(ConfigError::setting(
             key,
-            format!(
-                "must be {} to {}, not {mib}",
-                CHECKPOINT_MIB.start(),
-                CHECKPOINT_MIB.end()
-            ),
+            format!("must be {} to {}, not {value}", range.start(), range.end()),
         ));
     }
-    Ok(mib << 20)
+    Ok(value)
 }
 
 /// A configuration error: bad usage, reported with exit code 2.
@@ -145,20 +145,16 @@ impl Settings {
         let section: EmbeddedSection = self.section("embedded")?;
         let mut options = OpenOptions::default();
         if let Some(n) = section.batch_in_flight {
-            if !(1..=MAX_BATCH_IN_FLIGHT).contains(&n) {
-                return Err(ConfigError::setting(
-                    "embedded.batch_in_flight",
-                    format!("must be 1 to {MAX_BATCH_IN_FLIGHT}, not {n}"),
-                ));
-            }
-            options.embedded_batch_in_flight = n;
+            options.embedded_batch_in_flight =
+                bounded("embedded.batch_in_flight", n, &BATCH_IN_FLIGHT)?;
         }
         if let Some(mib) = section.checkpoint_mib {
-            options.embedded_checkpoint_bytes = mib_setting("embedded.checkpoint_mib", mib)?;
+            options.embedded_checkpoint_bytes =
+                bounded("embedded.checkpoint_mib", mib, &CHECKPOINT_MIB)? << 20;
         }
         if let Some(mib) = section.checkpoint_mib_per_sec {
             options.embedded_checkpoint_bytes_per_sec =
-                mib_setting("embedded.checkpoint_mib_per_sec", mib)?;
+                bounded("embedded.checkpoint_mib_per_sec", mib, &CHECKPOINT_MIB)? << 20;
         }
         Ok(options)
     }

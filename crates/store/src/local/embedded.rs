@@ -230,8 +230,7 @@ impl EmbeddedEngine {
             shared: Arc::clone(&shared),
             file: recovered.segment,
             segment_bytes: recovered.segment_bytes,
-            checkpoint_bytes: checkpoints.every_bytes.max(1),
-            checkpoint_rate: checkpoints.bytes_per_sec.max(1),
+            checkpoints,
             last_checkpoint_bytes: Arc::new(AtomicU64::new(recovered.checkpoint_bytes)),
             checkpointing: None,
         };
@@ -586,9 +585,7 @@ struct LogWriter {
     shared: Arc<Shared>,
     file: File,
     segment_bytes: u64,
-    checkpoint_bytes: u64,
-    /// Bytes per second a checkpoint is written at, at most.
-    checkpoint_rate: u64,
+    checkpoints: Checkpoints,
     /// The size of the last checkpoint written (or found at open).
     last_checkpoint_bytes: Arc<AtomicU64>,
     checkpointing: Option<JoinHandle<()>>,
@@ -635,7 +632,7 @@ impl LogWriter {
             }
             self.segment_bytes += buf.len() as u64;
             self.publish(batch);
-            let threshold = self.checkpoint_bytes.max(
+            let threshold = self.checkpoints.every_bytes.max(1).max(
                 CHECKPOINT_GROWTH
                     .saturating_mul(self.last_checkpoint_bytes.load(Ordering::Relaxed)),
             );
@@ -710,7 +707,7 @@ impl LogWriter {
         self.segment_bytes = 0;
         let last_size = Arc::clone(&self.last_checkpoint_bytes);
         let shared = Arc::clone(&self.shared);
-        let rate = self.checkpoint_rate;
+        let rate = self.checkpoints.bytes_per_sec;
         self.checkpointing = Some(
             std::thread::Builder::new()
                 .name("steward-store-ckpt".into())
@@ -1225,6 +1222,15 @@ mod tests {
         map.insert(Arc::from(k), Arc::from(v));
     }
 
+    /// About 4 MiB: 1,024 values of 4 KiB.
+    fn four_mib() -> Map {
+        let mut map = Map::new();
+        for i in 0..1_024u32 {
+            put(&mut map, &i.to_be_bytes(), &[5u8; 4096]);
+        }
+        map
+    }
+
     #[test]
     fn a_checkpoint_round_trips_and_a_flipped_byte_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1290,10 +1296,7 @@ mod tests {
     #[test]
     fn a_checkpoint_is_written_no_faster_than_its_rate() {
         let dir = tempfile::tempdir().unwrap();
-        let mut map = Map::new();
-        for i in 0..1_024u32 {
-            put(&mut map, &i.to_be_bytes(), &[5u8; 4096]);
-        }
+        let map = four_mib();
         let go = AtomicBool::new(false);
         let started = Instant::now();
         // 4 MiB at 16 MiB/s: at least the 3 MiB before the last sync take 3/16 s.
@@ -1311,10 +1314,7 @@ mod tests {
     #[test]
     fn a_close_does_not_wait_out_a_checkpoint_pause() {
         let dir = tempfile::tempdir().unwrap();
-        let mut map = Map::new();
-        for i in 0..1_024u32 {
-            put(&mut map, &i.to_be_bytes(), &[5u8; 4096]);
-        }
+        let map = four_mib();
         let closing = Arc::new(AtomicBool::new(false));
         let close = {
             let closing = Arc::clone(&closing);
