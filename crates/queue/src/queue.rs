@@ -341,10 +341,26 @@ impl Queue {
         self.db
             .transact(|tx, maybe_committed| async move {
                 let mut out = Vec::with_capacity(jobs.len());
-                let mut queued = false;
+                let keys = TenantKeys::new(tenant);
+                // What every job's enqueue reads, read at once (on FoundationDB one round trip
+                // instead of one per job).
+                let (records, config, active) = futures::try_join!(
+                    Prefetched::read(&tx, jobs.iter().filter_map(|j| j.id).map(|id| keys.job(id))),
+                    read_tenant_config(&tx, &keys, true),
+                    async {
+                        let entry = keys::TenantIndex::Active.entry(tenant);
+                        Ok::<_, Error>(tx.get(&entry, true).await?.is_some())
+                    },
+                )?;
+                let mut shared = EnqueueShared {
+                    queued: false,
+                    records,
+                    config: Some(config),
+                    active: Some(active),
+                };
                 for job in jobs {
                     out.push(
-                        self.enqueue_one(&tx, tenant, job, maybe_committed.0, &mut queued)
+                        self.enqueue_one(&tx, tenant, job, maybe_committed.0, &mut shared)
                             .await?,
                     );
                 }
@@ -366,27 +382,31 @@ impl Queue {
         tenant: Uuid,
         job: &NewJob,
     ) -> Result<Enqueued> {
-        self.enqueue_one(tx, tenant, job, false, &mut false).await
+        let mut shared = EnqueueShared {
+            queued: false,
+            records: Prefetched::none(),
+            config: None,
+            active: None,
+        };
+        self.enqueue_one(tx, tenant, job, false, &mut shared).await
     }
 
     /// [`Queue::enqueue_in`]. `maybe_ours`: an earlier attempt of this very call may have
     /// committed, so a job already stored under `job.id` is taken as this call's own.
-    /// `queued`: this transaction already enqueued a runnable job of the tenant (then the
-    /// tenant is not fresh, and its index entry need not be read); set when this one does.
     async fn enqueue_one(
         &self,
         tx: &Transaction,
         tenant: Uuid,
         job: &NewJob,
         maybe_ours: bool,
-        queued: &mut bool,
+        shared: &mut EnqueueShared,
     ) -> Result<Enqueued> {
         validate_new_job(job)?;
         let id = job.id.unwrap_or_else(|| self.ids.next_id());
         let keys = TenantKeys::new(tenant);
         // Serializable: two enqueues of one id in flight at once conflict, so the job is
         // written (and counted) once.
-        if let Some(existing) = load(tx, &keys, id).await? {
+        if let Some(existing) = shared.records.load(tx, &keys, id).await? {
             // Either an earlier attempt of this call committed (`commit_unknown_result`), and
             // the record tells what it superseded; or another call with the same id did, and
             // this one is a duplicate of it.
@@ -420,7 +440,11 @@ impl Queue {
         }
         // Before anything of the job is written: a refusal leaves the transaction clean (the
         // scheduler records a refused tick and commits the rest).
-        self.admit(tx, &keys, job).await?;
+        let config = match &shared.config {
+            Some(c) => c.clone(),
+            None => read_tenant_config(tx, &keys, true).await?,
+        };
+        self.admit(tx, &keys, &config, job).await?;
         // A runnable job of a tenant in neither index (nothing queued, scheduled or running
         // since a claim last saw it idle) makes it fresh: the next claim serves it ahead of the
         // others (see `Queue::claim_fresh`; FQ-CoDel's rule for a new flow). Read before this
@@ -428,11 +452,14 @@ impl Queue {
         // never conflict with claims.
         let runnable = job.run_at.is_none_or(|at| at <= now);
         let fresh = runnable
-            && !std::mem::replace(queued, true)
-            && tx
-                .get(&keys::TenantIndex::Active.entry(tenant), true)
-                .await?
-                .is_none();
+            && !std::mem::replace(&mut shared.queued, true)
+            && !match shared.active {
+                Some(active) => active,
+                None => tx
+                    .get(&keys::TenantIndex::Active.entry(tenant), true)
+                    .await?
+                    .is_some(),
+            };
         if let Some(key) = &job.idempotency_key {
             tx.set(&keys.idempotency(key), id.as_bytes());
         }
@@ -448,6 +475,7 @@ impl Queue {
                         next.cancel_reason = Some(CancelReason::Superseded);
                         finish(&mut next, JobState::Cancelled, now, None);
                         self.save(tx, &keys, Some(&old), &next)?;
+                        shared.records.forget(&keys, old_id);
                         superseded = Some(old_id);
                     }
                 }
@@ -499,6 +527,8 @@ impl Queue {
         }
         // Doorbell and wake-up: blind writes, so enqueues never conflict with claims.
         tx.set(&keys::TenantIndex::Active.entry(tenant), b"");
+        // What a read of the entry would now return (the transaction reads its own writes).
+        shared.active = shared.active.map(|_| true);
         tx.add(&keys::wake(wake_shard(tenant)), 1);
         Ok(Enqueued {
             id,
@@ -934,8 +964,9 @@ impl Queue {
                 self.choose(c, need)
             });
         let mut claimed = 0;
+        let mut records = Prefetched::read(tx, chosen.iter().map(|&id| keys.job(id))).await?;
         for id in chosen {
-            let Some(job) = load(tx, &keys, id).await? else {
+            let Some(job) = records.load(tx, &keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Queued {
@@ -1035,11 +1066,14 @@ impl Queue {
                     .snapshot(),
             )
             .await?;
-        for kv in expired.kvs {
-            let Some((expires_at, id)) = keys.parse_lease(&kv.key) else {
-                continue;
-            };
-            let Some(job) = load(tx, keys, id).await? else {
+        let expired: Vec<(i64, Uuid)> = expired
+            .kvs
+            .iter()
+            .filter_map(|kv| keys.parse_lease(&kv.key))
+            .collect();
+        let mut records = Prefetched::read(tx, expired.iter().map(|&(_, id)| keys.job(id))).await?;
+        for (expires_at, id) in expired {
+            let Some(job) = records.load(tx, keys, id).await? else {
                 continue;
             };
             let still_expired = job.state == JobState::Running
@@ -1088,11 +1122,14 @@ impl Queue {
                     .snapshot(),
             )
             .await?;
-        for kv in due.kvs {
-            let Some((run_at, id)) = keys.parse_scheduled(&kv.key) else {
-                continue;
-            };
-            let Some(job) = load(tx, keys, id).await? else {
+        let due: Vec<(i64, Uuid)> = due
+            .kvs
+            .iter()
+            .filter_map(|kv| keys.parse_scheduled(&kv.key))
+            .collect();
+        let mut records = Prefetched::read(tx, due.iter().map(|&(_, id)| keys.job(id))).await?;
+        for (run_at, id) in due {
+            let Some(job) = records.load(tx, keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Scheduled || job.run_at != run_at {
@@ -1241,9 +1278,15 @@ impl Queue {
         self.db
             .transact_with(&self.background(), |tx, _| async move {
                 let mut out = Vec::with_capacity(done.len());
+                let mut records = Prefetched::read(
+                    &tx,
+                    done.iter()
+                        .map(|(l, _)| TenantKeys::new(l.tenant).job(l.job_id)),
+                )
+                .await?;
                 for (lease, result) in done {
                     let keys = TenantKeys::new(lease.tenant);
-                    let job = match load(&tx, &keys, lease.job_id).await {
+                    let job = match records.load(&tx, &keys, lease.job_id).await {
                         Ok(Some(job)) => job,
                         Ok(None) => {
                             out.push(Err(Error::NotFound(lease.job_id)));
@@ -1401,6 +1444,12 @@ impl Queue {
     async fn cancel_in(&self, tx: &Transaction, tenant: Uuid, id: Uuid) -> Result<JobState> {
         let keys = TenantKeys::new(tenant);
         let job = load_required(tx, &keys, id).await?;
+        self.cancel_job(tx, &keys, &job)
+    }
+
+    /// Cancels `job` (as just read): a waiting job at once, a running one by flagging it for
+    /// its worker's next heartbeat. Returns its state after.
+    fn cancel_job(&self, tx: &Transaction, keys: &TenantKeys, job: &Job) -> Result<JobState> {
         let now = self.now();
         let mut next = job.clone();
         match job.state {
@@ -1414,7 +1463,7 @@ impl Queue {
             }
             _ => return Ok(job.state),
         }
-        self.save(tx, &keys, Some(&job), &next)?;
+        self.save(tx, keys, Some(job), &next)?;
         Ok(next.state)
     }
 
@@ -1441,11 +1490,15 @@ impl Queue {
                         let page = tx.get_range(&page_opt).await?;
                         let mut count = 0;
                         let mut mine = Vec::new();
-                        for kv in &page.kvs {
-                            let Some(id) = keys.parse_session(&kv.key) else {
-                                continue;
-                            };
-                            let Some(job) = load(&tx, &keys, id).await? else {
+                        let ids: Vec<Uuid> = page
+                            .kvs
+                            .iter()
+                            .filter_map(|kv| keys.parse_session(&kv.key))
+                            .collect();
+                        let mut records =
+                            Prefetched::read(&tx, ids.iter().map(|&id| keys.job(id))).await?;
+                        for id in ids {
+                            let Some(job) = records.load(&tx, &keys, id).await? else {
                                 continue;
                             };
                             if job.state.is_terminal() || job.cancel_requested {
@@ -1454,7 +1507,7 @@ impl Queue {
                                 }
                                 continue;
                             }
-                            self.cancel_in(&tx, tenant, id).await?;
+                            self.cancel_job(&tx, &keys, &job)?;
                             count += 1;
                             mine.push(id);
                         }
@@ -1671,13 +1724,21 @@ impl Queue {
                     .get_range(&keys.state_index_before(state, before).limit(BULK_CHUNK))
                     .await?;
                 let mut mine = Vec::new();
+                let mut records = Prefetched::read(
+                    &tx,
+                    page.kvs
+                        .iter()
+                        .filter_map(|kv| keys.parse_state_index(&kv.key))
+                        .map(|(_, id)| keys.job(id)),
+                )
+                .await?;
                 for kv in &page.kvs {
                     let Some((_, id)) = keys.parse_state_index(&kv.key) else {
                         continue;
                     };
                     tx.clear(&kv.key);
                     n += 1;
-                    let Some(job) = load(&tx, keys, id).await? else {
+                    let Some(job) = records.load(&tx, keys, id).await? else {
                         continue;
                     };
                     if job.state != state {
@@ -1756,8 +1817,13 @@ impl Queue {
     /// Admission control: refuses a new job beyond the tenant's `max_queued` or
     /// `max_queued_bytes`. The counts are read without a conflict (enqueues must not conflict
     /// with each other), so concurrent enqueues can overshoot a limit by the jobs in flight.
-    async fn admit(&self, tx: &Transaction, keys: &TenantKeys, job: &NewJob) -> Result<()> {
-        let cfg = read_tenant_config(tx, keys, true).await?;
+    async fn admit(
+        &self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        cfg: &TenantQueueConfig,
+        job: &NewJob,
+    ) -> Result<()> {
         if let Some(max) = cfg.max_queued {
             let mut current = 0i64;
             for state in [JobState::Queued, JobState::Scheduled, JobState::Running] {
@@ -2001,9 +2067,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// those of an earlier attempt of a claim that did commit.
 async fn still_held(tx: &Transaction, leases: Vec<Lease>) -> Result<Vec<Lease>> {
     let mut held = Vec::new();
+    let mut records = Prefetched::read(
+        tx,
+        leases
+            .iter()
+            .map(|l| TenantKeys::new(l.tenant).job(l.job_id)),
+    )
+    .await?;
     for lease in leases {
         let keys = TenantKeys::new(lease.tenant);
-        if let Some(job) = load(tx, &keys, lease.job_id).await? {
+        if let Some(job) = records.load(tx, &keys, lease.job_id).await? {
             if check_fence(&job, &lease).is_ok() {
                 held.push(lease);
             }
@@ -2044,7 +2117,11 @@ fn decode_id(bytes: &[u8], what: &str) -> Result<Uuid> {
 
 /// Reads a job serializably.
 pub(crate) async fn load(tx: &Transaction, keys: &TenantKeys, id: Uuid) -> Result<Option<Job>> {
-    match tx.get(&keys.job(id), false).await? {
+    decode_job(tx.get(&keys.job(id), false).await?, id)
+}
+
+fn decode_job(value: Option<Vec<u8>>, id: Uuid) -> Result<Option<Job>> {
+    match value {
         Some(v) => serde_json::from_slice(&v)
             .map(Some)
             .map_err(|e| Error::Corrupt {
@@ -2052,6 +2129,71 @@ pub(crate) async fn load(tx: &Transaction, keys: &TenantKeys, id: Uuid) -> Resul
                 source: e,
             }),
         None => Ok(None),
+    }
+}
+
+/// What the enqueues of one transaction share.
+struct EnqueueShared {
+    /// A runnable job of the tenant was enqueued already: the tenant is not fresh, and its
+    /// index entry need not be read again.
+    queued: bool,
+    /// The batch's job records, read ahead.
+    records: Prefetched,
+    /// The tenant's queue settings, if read ahead (enqueues do not change them).
+    config: Option<TenantQueueConfig>,
+    /// Whether the tenant's active-index entry exists, if read ahead: kept as a read of it
+    /// would answer (set once an enqueue of the transaction writes it).
+    active: Option<bool>,
+}
+
+/// Job records read together, ahead of the loop that takes them one by one. On FoundationDB
+/// every read is a network round trip: a loop that loaded each job in turn waited one round
+/// trip per job (32 for a claim of 32, 100 for an enqueue of 100); reading them concurrently
+/// waits about one for all (the client sends the reads at once). The reads are the same
+/// serializable gets [`load`] makes, so the transaction's conflicts are unchanged.
+///
+/// [`Prefetched::load`] returns what [`load`] would read at that point of the loop, provided
+/// the loop writes no job's record but the one it is taking (then a record read ahead cannot
+/// be stale: only its own turn writes it). A job taken again (a repeated id) is read again, so
+/// it sees the loop's own write; a loop that does write another job's record calls
+/// [`Prefetched::forget`] for it.
+pub(crate) struct Prefetched(HashMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl Prefetched {
+    /// Reads the records under `job_keys` ([`TenantKeys::job`]) concurrently.
+    pub(crate) async fn read(
+        tx: &Transaction,
+        job_keys: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<Prefetched> {
+        let mut keys: Vec<Vec<u8>> = job_keys.into_iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let values = try_join_all(keys.iter().map(|k| tx.get(k, false))).await?;
+        Ok(Prefetched(keys.into_iter().zip(values).collect()))
+    }
+
+    /// Nothing read ahead: every [`Prefetched::load`] reads.
+    pub(crate) fn none() -> Prefetched {
+        Prefetched(HashMap::new())
+    }
+
+    /// The job's record as [`load`] reads it now: the first time from what was read ahead,
+    /// afterwards (or if it was not read ahead) from the transaction.
+    pub(crate) async fn load(
+        &mut self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        id: Uuid,
+    ) -> Result<Option<Job>> {
+        match self.0.remove(&keys.job(id)) {
+            Some(value) => decode_job(value, id),
+            None => load(tx, keys, id).await,
+        }
+    }
+
+    /// The loop wrote this job's record out of turn: a later take must read it again.
+    pub(crate) fn forget(&mut self, keys: &TenantKeys, id: Uuid) {
+        self.0.remove(&keys.job(id));
     }
 }
 

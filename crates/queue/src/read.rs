@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobState};
 use crate::keys::{self, TenantKeys, ALL_KINDS, WAKE_SHARDS};
-use crate::queue::{load, read_tenant_config, sum_counters, Queue};
+use crate::queue::{load, read_tenant_config, sum_counters, Prefetched, Queue};
 
 /// Most jobs in one page.
 pub const MAX_PAGE: usize = 500;
@@ -230,29 +230,43 @@ async fn list_in(
         .await?;
     let mut jobs = Vec::new();
     let mut last_key = None;
-    for kv in &page.kvs {
-        last_key = Some(kv.key.clone());
-        let id = match (filter.session, filter.state) {
-            (Some(_), _) => keys.parse_session(&kv.key),
-            (None, Some(_)) => keys.parse_state_index(&kv.key).map(|(_, id)| id),
-            (None, None) => keys.job_id_of(&kv.key),
+    // Index entries (session or state) name jobs whose records are read, as many at once as
+    // could still fit the page (on FoundationDB one round trip each time, not one per job).
+    let by_index = filter.session.is_some() || filter.state.is_some();
+    let mut rest = page.kvs.as_slice();
+    'page: while !rest.is_empty() && jobs.len() < limit {
+        let (chunk, after) = rest.split_at((limit - jobs.len()).min(rest.len()));
+        rest = after;
+        let ids: Vec<Option<Uuid>> = chunk
+            .iter()
+            .map(|kv| match (filter.session, filter.state) {
+                (Some(_), _) => keys.parse_session(&kv.key),
+                (None, Some(_)) => keys.parse_state_index(&kv.key).map(|(_, id)| id),
+                (None, None) => keys.job_id_of(&kv.key),
+            })
+            .collect();
+        let mut records = if by_index {
+            Prefetched::read(tx, ids.iter().flatten().map(|&id| keys.job(id))).await?
+        } else {
+            Prefetched::none()
         };
-        let job = match (filter.session, filter.state) {
-            (None, None) => serde_json::from_slice::<Job>(&kv.value).ok(),
-            _ => match id {
-                Some(id) => load(tx, keys, id).await?,
-                None => None,
-            },
-        };
-        let Some(job) = job else { continue };
-        if filter.state.is_some_and(|s| s != job.state)
-            || filter.kind.as_ref().is_some_and(|k| *k != job.kind)
-        {
-            continue;
-        }
-        jobs.push(job);
-        if jobs.len() == limit {
-            break;
+        for (kv, id) in chunk.iter().zip(ids) {
+            last_key = Some(kv.key.clone());
+            let job = match (by_index, id) {
+                (false, _) => serde_json::from_slice::<Job>(&kv.value).ok(),
+                (true, Some(id)) => records.load(tx, keys, id).await?,
+                (true, None) => None,
+            };
+            let Some(job) = job else { continue };
+            if filter.state.is_some_and(|s| s != job.state)
+                || filter.kind.as_ref().is_some_and(|k| *k != job.kind)
+            {
+                continue;
+            }
+            jobs.push(job);
+            if jobs.len() == limit {
+                break 'page;
+            }
         }
     }
     let exhausted = !page.more && jobs.len() < limit;

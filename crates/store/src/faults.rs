@@ -28,6 +28,11 @@ pub struct FaultConfig {
     pub too_old_on_read: f64,
     /// Each commit waits up to this long first (uniformly random); zero for none.
     pub max_latency: Duration,
+    /// Each read (`get`, one page of `get_range`) waits this long first: a network round trip,
+    /// as every read on FoundationDB is. Concurrent reads wait together, sequential ones one
+    /// after another, so under paused time (`tokio::time::pause`) the time an operation takes
+    /// counts its round trips. Zero for none.
+    pub read_latency: Duration,
 }
 
 impl FaultConfig {
@@ -42,6 +47,7 @@ impl FaultConfig {
             too_old_on_commit: 0.0,
             too_old_on_read: 0.0,
             max_latency: Duration::ZERO,
+            read_latency: Duration::ZERO,
         }
     }
 
@@ -57,6 +63,7 @@ impl FaultConfig {
             too_old_on_commit: 0.03,
             too_old_on_read: 0.04,
             max_latency: Duration::from_millis(2),
+            read_latency: Duration::ZERO,
         }
     }
 }
@@ -116,6 +123,13 @@ impl FaultInjector {
     pub(crate) fn too_old_read_index(&self) -> Option<u32> {
         let hit = self.config.too_old_on_read > 0.0 && self.roll() < self.config.too_old_on_read;
         hit.then(|| self.with_rng(|r| r.u32(0..8)))
+    }
+
+    /// Waits out a read's round trip, if the config has one.
+    pub(crate) async fn before_read(&self) {
+        if !self.config.read_latency.is_zero() {
+            tokio::time::sleep(self.config.read_latency).await;
+        }
     }
 
     /// Counts a too-old read that was injected.

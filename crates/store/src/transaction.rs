@@ -124,8 +124,12 @@ impl Transaction {
     }
 
     #[cfg(feature = "testing")]
-    fn inject_read_fault(&self) -> Result<()> {
-        let (Some(f), Some(fail_at)) = (&self.inner.faults, self.inner.too_old_at) else {
+    async fn inject_read_fault(&self) -> Result<()> {
+        let Some(f) = &self.inner.faults else {
+            return Ok(());
+        };
+        f.before_read().await;
+        let Some(fail_at) = self.inner.too_old_at else {
             return Ok(());
         };
         let n = self
@@ -143,8 +147,8 @@ impl Transaction {
     }
 
     #[cfg(not(feature = "testing"))]
-    #[allow(clippy::unused_self)]
-    fn inject_read_fault(&self) -> Result<()> {
+    #[allow(clippy::unused_self, clippy::unused_async)]
+    async fn inject_read_fault(&self) -> Result<()> {
         Ok(())
     }
 
@@ -154,7 +158,7 @@ impl Transaction {
     /// Retryable errors (too old), [`Error::KeyOutsideLegalRange`] for keys at or above
     /// `\xff`, [`Error::AccessedUnreadable`], or an error deferred from an earlier write call.
     pub async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>> {
-        self.inject_read_fault()?;
+        self.inject_read_fault().await?;
         match &self.inner.backend {
             TxBackend::Local(tx) => tx.get(key, snapshot),
             #[cfg(feature = "fdb")]
@@ -169,7 +173,7 @@ impl Transaction {
     /// # Errors
     /// As [`Transaction::get`].
     pub async fn get_range(&self, opt: &RangeOption) -> Result<RangeResult> {
-        self.inject_read_fault()?;
+        self.inject_read_fault().await?;
         match &self.inner.backend {
             TxBackend::Local(tx) => tx.get_range(opt),
             #[cfg(feature = "fdb")]

@@ -349,6 +349,9 @@ impl World {
                     too_old_on_commit: rng.f64() * 0.05,
                     too_old_on_read: rng.f64() * 0.05,
                     max_latency: Duration::from_millis(rng.u64(1..=3)),
+                    // Reads take time, as on FoundationDB: commits of other nodes land between
+                    // a transaction's reads (and between the reads a claim makes together).
+                    read_latency: Duration::from_micros(rng.u64(0..=400)),
                 }
             };
             let queue = Queue::with_seed(

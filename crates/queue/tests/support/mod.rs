@@ -272,6 +272,7 @@ pub(crate) fn us(d: Duration) -> i64 {
 
 /// Runs each named case (an `async fn(Env)` of the including file) on every backend:
 /// `current` cases on the default (current-thread) runtime, `multi` cases on a two-thread one.
+#[allow(unused_macros)] // Not every test binary runs cases on every backend.
 macro_rules! backend_tests {
     (current: [$($c:ident),* $(,)?], multi: [$($m:ident),* $(,)?] $(,)?) => {
         $crate::support::backend_tests!(@module memory, Memory, [$($c),*], [$($m),*]);
@@ -303,4 +304,5 @@ macro_rules! backend_tests {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use backend_tests;
