@@ -15,7 +15,7 @@
 //!   once. A claim retried after `commit_unknown_result` first looks for the leases of its
 //!   earlier attempts, so a commit that did apply does not strand them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -675,18 +675,40 @@ impl Queue {
             .sum::<u64>()
             .max(1);
         let end = req.max.min(leases.len() + budget);
+        let share = |cfg: &TenantQueueConfig| {
+            usize::try_from((budget as u64 * u64::from(cfg.weight)).div_ceil(total_weight))
+                .unwrap_or(budget)
+        };
+        // What each visit reads before it writes, read for every tenant at once (on
+        // FoundationDB one round trip or two for all of them, not a few per tenant in turn). A
+        // visit writes only its own tenant's keys, so each finds these as it would have read
+        // them itself; the heads are read for the most the tenant can get (its share), and a
+        // tenant the claim does not reach costs snapshot reads only.
+        let mut heads = try_join_all(tenants.iter().zip(configs).map(|(&t, cfg)| async move {
+            let keys = TenantKeys::new(t);
+            let quota = share(cfg).clamp(1, budget.max(1));
+            self.tenant_head(tx, &keys, cfg, req, now, quota)
+                .await
+                .map(Some)
+        }))
+        .await?;
         let mut hungry = Vec::new();
         let mut visits = vec![None; tenants.len()];
-        for ((t, cfg), visit) in tenants.iter().zip(configs).zip(&mut visits) {
+        let mut visited = HashSet::new();
+        for (((t, cfg), visit), head) in
+            tenants.iter().zip(configs).zip(&mut visits).zip(&mut heads)
+        {
             if leases.len() >= end {
                 break;
             }
-            let share = (budget as u64 * u64::from(cfg.weight)).div_ceil(total_weight);
-            let quota = usize::try_from(share)
-                .unwrap_or(budget)
-                .clamp(1, end - leases.len());
+            // A head read ahead is only what the tenant's first visit would read (the callers
+            // pass each tenant once; a repeat reads its own).
+            if !visited.insert(*t) {
+                *head = None;
+            }
+            let quota = share(cfg).clamp(1, end - leases.len());
             let got = self
-                .claim_tenant(tx, *t, cfg, req, now, quota, attempt, leases)
+                .claim_tenant(tx, *t, cfg, req, now, quota, attempt, leases, head.take())
                 .await?;
             if refill && got == TenantVisit::Full {
                 hungry.push((*t, cfg));
@@ -698,7 +720,7 @@ impl Queue {
             if need == 0 {
                 break;
             }
-            self.claim_tenant(tx, t, cfg, req, now, need, attempt, leases)
+            self.claim_tenant(tx, t, cfg, req, now, need, attempt, leases, None)
                 .await?;
         }
         Ok(visits)
@@ -886,43 +908,52 @@ impl Queue {
         Ok(Work::None)
     }
 
-    /// Claims up to `quota` jobs of one tenant. Says whether the tenant could give more.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim_tenant(
+    /// What a tenant's visit reads before it writes: its pauses (as a snapshot: the visit
+    /// adds their read conflict), its expired leases and due jobs, and, unless some of those
+    /// must be moved first, its taken slots and the heads of its ready kinds for `quota` jobs.
+    /// All snapshot reads, made together.
+    async fn tenant_head(
         &self,
         tx: &Transaction,
-        tenant: Uuid,
+        keys: &TenantKeys,
         cfg: &TenantQueueConfig,
         req: &ClaimRequest,
         now: i64,
         quota: usize,
-        attempt: u64,
-        leases: &mut Vec<Lease>,
-    ) -> Result<TenantVisit> {
-        let keys = TenantKeys::new(tenant);
-        // Reads that do not depend on each other go together (on FoundationDB, one round trip
-        // instead of one each). The pauses are read serializably: a pause that commits first
-        // is seen, one that commits later conflicts.
+    ) -> Result<TenantHead> {
         let (pauses, expired, due) = futures::try_join!(
-            async { Ok::<_, Error>(tx.get_range_all(&keys.pauses()).await?) },
-            expired_leases(tx, &keys, now),
-            due_jobs(tx, &keys, now),
+            async { Ok::<_, Error>(tx.get_range_all(&keys.pauses().snapshot()).await?) },
+            expired_leases(tx, keys, now),
+            due_jobs(tx, keys, now),
         )?;
         let paused: BTreeSet<String> = pauses
             .iter()
             .filter_map(|kv| keys.parse_pause(&kv.key))
             .collect();
-        if paused.contains(ALL_KINDS) {
-            return Ok(TenantVisit::Drained);
-        }
-        let mut records =
-            Prefetched::read(tx, expired.iter().chain(&due).map(|&(_, id)| keys.job(id))).await?;
-        self.rescue_expired(tx, &keys, now, expired, &mut records)
-            .await?;
-        self.promote_due(tx, &keys, now, due, &mut records).await?;
+        let rest = if paused.contains(ALL_KINDS) || !expired.is_empty() || !due.is_empty() {
+            None
+        } else {
+            Some(self.head_rest(tx, keys, cfg, req, quota, &paused).await?)
+        };
+        Ok(TenantHead {
+            paused,
+            expired,
+            due,
+            rest,
+        })
+    }
 
-        // After the moves above (a rescued job frees its slot and may be ready again).
-        // Concurrency limit: a job runs only while it holds one of `max_running` slot keys.
+    /// The taken concurrency slots and the heads of the ready kinds (not paused) for `quota`
+    /// jobs: snapshot reads, made together.
+    async fn head_rest(
+        &self,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        cfg: &TenantQueueConfig,
+        req: &ClaimRequest,
+        quota: usize,
+        paused: &BTreeSet<String>,
+    ) -> Result<HeadRest> {
         let (taken, kinds) = futures::try_join!(
             async {
                 let Some(max) = cfg.max_running else {
@@ -939,10 +970,83 @@ impl Queue {
             async {
                 match &req.kinds {
                     Some(k) => Ok(k.clone()),
-                    None => ready_kinds(tx, &keys).await,
+                    None => ready_kinds(tx, keys).await,
                 }
             },
         )?;
+        let free = taken
+            .as_ref()
+            .map(|(max, taken)| (*max as usize).saturating_sub(taken.len()));
+        let need = match free {
+            Some(0) => {
+                return Ok(HeadRest {
+                    taken,
+                    heads: Vec::new(),
+                })
+            }
+            Some(free) => quota.min(free),
+            None => quota,
+        };
+        // Jobs this process claimed lately may fill the head of the snapshot: read past them.
+        let window = (need * CLAIM_WINDOW_FACTOR).clamp(CLAIM_WINDOW_MIN, CLAIM_WINDOW_MAX)
+            + self.recent.len().min(CLAIM_WINDOW_MAX);
+        let heads = try_join_all(kinds.iter().filter(|k| !paused.contains(*k)).map(
+            |kind| async move {
+                let head = tx
+                    .get_range(&keys.ready_of_kind(kind).limit(window).snapshot())
+                    .await?;
+                Ok::<_, Error>((keys.ready_kind_prefix(kind), head.kvs))
+            },
+        ))
+        .await?;
+        Ok(HeadRest { taken, heads })
+    }
+
+    /// Claims up to `quota` jobs of one tenant. Says whether the tenant could give more.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_tenant(
+        &self,
+        tx: &Transaction,
+        tenant: Uuid,
+        cfg: &TenantQueueConfig,
+        req: &ClaimRequest,
+        now: i64,
+        quota: usize,
+        attempt: u64,
+        leases: &mut Vec<Lease>,
+        head: Option<TenantHead>,
+    ) -> Result<TenantVisit> {
+        let keys = TenantKeys::new(tenant);
+        let TenantHead {
+            paused,
+            expired,
+            due,
+            rest,
+        } = match head {
+            Some(head) => head,
+            None => self.tenant_head(tx, &keys, cfg, req, now, quota).await?,
+        };
+        // The pauses were read as a snapshot; this conflict makes that a serializable read: a
+        // pause that commits first is seen, one that commits later conflicts.
+        let pauses = keys.pauses();
+        tx.add_read_conflict_range(&pauses.begin, &pauses.end);
+        if paused.contains(ALL_KINDS) {
+            return Ok(TenantVisit::Drained);
+        }
+        let HeadRest { taken, heads } = match rest {
+            Some(rest) => rest,
+            None => {
+                let mut records =
+                    Prefetched::read(tx, expired.iter().chain(&due).map(|&(_, id)| keys.job(id)))
+                        .await?;
+                self.rescue_expired(tx, &keys, now, expired, &mut records)
+                    .await?;
+                self.promote_due(tx, &keys, now, due, &mut records).await?;
+                // After the moves (a rescued job frees its slot and may be ready again).
+                self.head_rest(tx, &keys, cfg, req, quota, &paused).await?
+            }
+        };
+        // Concurrency limit: a job runs only while it holds one of `max_running` slot keys.
         let mut free_slots = taken.map(|(max, taken)| {
             let mut free: Vec<u32> = (0..max).filter(|i| !taken.contains(i)).collect();
             self.with_rng(|r| r.shuffle(&mut free));
@@ -953,20 +1057,6 @@ impl Queue {
             Some(free) => quota.min(free.len()),
             None => quota,
         };
-
-        // Jobs this process claimed lately may fill the head of the snapshot: read past them.
-        let window = (need * CLAIM_WINDOW_FACTOR).clamp(CLAIM_WINDOW_MIN, CLAIM_WINDOW_MAX)
-            + self.recent.len().min(CLAIM_WINDOW_MAX);
-        let keys_ref = &keys;
-        let heads = try_join_all(kinds.iter().filter(|k| !paused.contains(*k)).map(
-            |kind| async move {
-                let head = tx
-                    .get_range(&keys_ref.ready_of_kind(kind).limit(window).snapshot())
-                    .await?;
-                Ok::<_, Error>((keys_ref.ready_kind_prefix(kind), head.kvs))
-            },
-        ))
-        .await?;
         let mut candidates: Vec<(u8, i64, Uuid)> = heads
             .iter()
             .flat_map(|(prefix, kvs)| {
@@ -1158,22 +1248,21 @@ impl Queue {
         keys: &TenantKeys,
         tenant: Uuid,
     ) -> Result<()> {
-        for range in [keys.ready_all(), keys.scheduled_all(), keys.leases_all()] {
-            if !tx
-                .get_range(&range.snapshot().limit(1))
-                .await?
-                .kvs
-                .is_empty()
-            {
-                return Ok(());
-            }
+        // Each step's three reads go together (one round trip on FoundationDB, not three).
+        let any = |range: RangeOption| async move {
+            Ok::<bool, Error>(!tx.get_range(&range.limit(1)).await?.kvs.is_empty())
+        };
+        let indexes = || [keys.ready_all(), keys.scheduled_all(), keys.leases_all()];
+        // First as a snapshot (no conflicts for a tenant that still has work) ...
+        let found = try_join_all(indexes().map(|r| any(r.snapshot()))).await?;
+        if found.contains(&true) {
+            return Ok(());
         }
-        for range in [keys.ready_all(), keys.scheduled_all(), keys.leases_all()] {
-            if !tx.get_range(&range.limit(1)).await?.kvs.is_empty() {
-                return Ok(());
-            }
+        // ... then serializably, so an enqueue racing the removal makes this claim retry.
+        let found = try_join_all(indexes().map(any)).await?;
+        if !found.contains(&true) {
+            tx.clear(&keys::TenantIndex::Active.entry(tenant));
         }
-        tx.clear(&keys::TenantIndex::Active.entry(tenant));
         Ok(())
     }
 
@@ -2137,6 +2226,23 @@ fn decode_job(value: Option<Vec<u8>>, id: Uuid) -> Result<Option<Job>> {
             }),
         None => Ok(None),
     }
+}
+
+/// What a tenant's visit in a claim reads before it writes (see `Queue::tenant_head`).
+struct TenantHead {
+    paused: BTreeSet<String>,
+    expired: Vec<(i64, Uuid)>,
+    due: Vec<(i64, Uuid)>,
+    /// `None` when jobs must be moved first (or the tenant is paused): the visit reads it
+    /// after the moves.
+    rest: Option<HeadRest>,
+}
+
+/// A tenant's taken slots (with `max_running`) and the heads of its ready kinds, as
+/// (the kind's key prefix, entries).
+struct HeadRest {
+    taken: Option<(u32, BTreeSet<u32>)>,
+    heads: Vec<(Vec<u8>, Vec<steward_store::KeyValue>)>,
 }
 
 /// What the enqueues of one transaction share.
