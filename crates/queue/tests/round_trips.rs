@@ -202,3 +202,39 @@ async fn a_claim_across_16_tenants_reads_their_heads_together() {
         "claiming from 16 tenants took {trips} round trips"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn while_another_claim_runs_a_fresh_tenants_jobs_come_back_on_their_own() {
+    let (env, busy) = tenant_with_jobs("round_trips::fresh_fast", 100, None).await;
+    // The busy tenant is served once, so it is no longer fresh.
+    assert_eq!(env.claim("w", 1).await.len(), 1);
+    let fresh = env.tenant();
+    env.queue
+        .enqueue_batch(fresh, vec![job("a"), job("a")])
+        .await
+        .expect("enqueue");
+    // A claim alone serves the fresh tenant within itself: all it asks for.
+    let alone = env.claim("w", 8).await;
+    assert_eq!(alone.len(), 8);
+    assert_eq!(alone.iter().filter(|l| l.tenant == fresh).count(), 2);
+
+    // Another claim starts and is past its own look at the fresh tenants (about 11 round
+    // trips in all) when a new tenant's jobs arrive.
+    let queue = env.queue.clone();
+    let other = tokio::spawn(async move { queue.claim(&support::req("other", 8)).await });
+    tokio::time::sleep(ROUND_TRIP * 3).await;
+    let later = env.tenant();
+    env.queue
+        .enqueue_batch(later, vec![job("a"), job("a")])
+        .await
+        .expect("enqueue");
+    // This claim, with the other in flight, brings back the fresh tenant's jobs alone.
+    let (trips, leases) = round_trips(env.claim("w", 8)).await;
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert!(leases.iter().all(|l| l.tenant == later));
+    let other = other.await.expect("join").expect("claim");
+    assert!(other.iter().all(|l| l.tenant == busy));
+    // Is any tenant fresh; then a claim of the fresh tenant only (the fresh index, its
+    // settings, its head, its records).
+    assert!(trips <= 10, "the fresh claim took {trips} round trips");
+}

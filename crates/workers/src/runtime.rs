@@ -151,7 +151,9 @@ impl Worker {
                 match self.queue.claim(&req).await {
                     Ok(leases) => {
                         backoff = Duration::from_millis(50);
-                        idle = leases.len() < req.max;
+                        // Only an empty claim means nothing to do: a busy queue may hand a
+                        // claim fewer jobs than asked (a fresh tenant's, served on their own).
+                        idle = leases.is_empty();
                         for lease in leases {
                             self.spawn_attempt(&mut tasks, lease, &stop_rx, &completer);
                         }
