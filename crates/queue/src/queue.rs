@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -57,12 +57,6 @@ const CLAIM_RETRY: RunOptions = RunOptions {
     // Claims are background work: on a busy store they yield to enqueues and reads (see
     // `Priority::Batch`), which keeps a small tenant's enqueue fast while a flood is claimed.
     priority: Priority::Batch,
-};
-
-/// A claim of fresh tenants' jobs only: at default priority (no batch turn to wait for).
-const CLAIM_FRESH_RETRY: RunOptions = RunOptions {
-    priority: Priority::Default,
-    ..CLAIM_RETRY
 };
 
 /// `complete_many` refuses a batch whose results take more than this (the store's transaction
@@ -120,18 +114,6 @@ pub struct Queue {
     ids: IdGenerator,
     rng: Mutex<fastrand::Rng>,
     recent: RecentClaims,
-    /// Claims of this `Queue` running now (see [`Queue::claim`]: with others in flight, fresh
-    /// tenants are served by a transaction of their own).
-    claiming: AtomicUsize,
-}
-
-/// Counts a claim in [`Queue::claiming`] until dropped.
-struct Claiming<'a>(&'a AtomicUsize);
-
-impl Drop for Claiming<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Jobs this process's claims are taking now or took lately, so that its other claims keep
@@ -280,7 +262,6 @@ impl Queue {
             ids: IdGenerator::new(db.clock().clone(), seed),
             rng: Mutex::new(fastrand::Rng::with_seed(seed.rotate_left(17))),
             recent: RecentClaims::default(),
-            claiming: AtomicUsize::new(0),
             db,
             config,
         })
@@ -558,11 +539,7 @@ impl Queue {
 
     // ------------------------------------------------------------------------------- claim
 
-    /// Claims up to `req.max` jobs across tenants, each under a new lease. It may return fewer
-    /// although more are queued: while other claims of this `Queue` are running, a claim that
-    /// finds fresh tenants (see `claim_fresh`) takes only their jobs, at most half of `max`,
-    /// so that they reach a worker without waiting behind a flood. Only an empty answer means
-    /// there is nothing to claim now.
+    /// Claims up to `req.max` jobs across tenants, each under a new lease.
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad request; store errors.
@@ -586,49 +563,6 @@ impl Queue {
                 "must not be empty (omit it for any kind)",
             ));
         }
-        // While other claims of this process run (a busy worker pool), fresh tenants are served
-        // first by a transaction of their own, at default priority: it does not wait for a
-        // batch turn behind the claims of a flood, and it is small, so the store sequences it
-        // early; its jobs go back to the worker at once, and the next claim takes the rest.
-        // Otherwise (a claim alone) they are served within the claim, as step 0.
-        let busy = self.claiming.fetch_add(1, Ordering::Relaxed) > 0;
-        let _claiming = Claiming(&self.claiming);
-        if busy && self.fresh_waiting().await? {
-            let leases = self.claim_with(req, &CLAIM_FRESH_RETRY, true).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
-            }
-        }
-        self.claim_with(req, &CLAIM_RETRY, false).await
-    }
-
-    /// Whether any tenant is in the fresh index (a snapshot read of one entry).
-    async fn fresh_waiting(&self) -> Result<bool> {
-        let (from, before) = (
-            keys::TenantIndex::Fresh.from(0),
-            keys::TenantIndex::Fresh.before(0),
-        );
-        let all = RangeOption::new(before.begin.clone(), from.end.clone());
-        Ok(self
-            .db
-            .run(|tx, _| {
-                let all = all.clone();
-                async move {
-                    Ok::<_, steward_store::Error>(
-                        !tx.get_range(&all.limit(1).snapshot()).await?.kvs.is_empty(),
-                    )
-                }
-            })
-            .await?)
-    }
-
-    /// One claim call's transaction (retried): only the fresh tenants with `fresh_only`.
-    async fn claim_with(
-        &self,
-        req: &ClaimRequest,
-        options: &RunOptions,
-        fresh_only: bool,
-    ) -> Result<Vec<Lease>> {
         // The leases every attempt of this call handed out. A claim's transaction is not
         // idempotent by itself: when a commit reports `commit_unknown_result` but did apply,
         // a plain retry would claim other jobs and strand the first ones under tokens no worker
@@ -647,7 +581,7 @@ impl Queue {
         let leases: Vec<Lease> = self
             .db
             .transact_observed(
-                options,
+                &CLAIM_RETRY,
                 |tx, maybe_committed| async move {
                     let number = attempt.start();
                     *lock(stamp) = None;
@@ -658,7 +592,7 @@ impl Queue {
                             return Ok(held);
                         }
                     }
-                    let leases = self.claim_in(&tx, req, number, fresh_only).await?;
+                    let leases = self.claim_in(&tx, req, number).await?;
                     lock(earlier).extend(leases.iter().cloned());
                     if !leases.is_empty() {
                         *lock(stamp) = Some(tx.versionstamp());
@@ -689,14 +623,13 @@ impl Queue {
         tx: &Transaction,
         req: &ClaimRequest,
         attempt: u64,
-        fresh_only: bool,
     ) -> Result<Vec<Lease>> {
         let now = self.now();
         let read_version = tx.read_version().await?;
         self.recent.expire(read_version);
         let mut leases = Vec::new();
         let fresh = self.claim_fresh(tx, req, now, attempt, &mut leases).await?;
-        if fresh_only || leases.len() >= req.max {
+        if leases.len() >= req.max {
             return Ok(leases);
         }
         let (mut tenants, idle) = self.pick_tenants(tx, now, req.kinds.as_deref()).await?;

@@ -151,9 +151,7 @@ impl Worker {
                 match self.queue.claim(&req).await {
                     Ok(leases) => {
                         backoff = Duration::from_millis(50);
-                        // Only an empty claim means nothing to do: a busy queue may hand a
-                        // claim fewer jobs than asked (a fresh tenant's, served on their own).
-                        idle = leases.is_empty();
+                        idle = leases.len() < req.max;
                         for lease in leases {
                             self.spawn_attempt(&mut tasks, lease, &stop_rx, &completer);
                         }
