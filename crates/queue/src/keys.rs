@@ -107,7 +107,8 @@ impl TenantKeys {
         prefix(&self.q.pack(&("sched",)))
     }
 
-    pub(crate) fn parse_scheduled(&self, key: &[u8]) -> Option<(i64, Uuid)> {
+    /// An entry of a time-ordered index, scheduled jobs or leases: (run at or expiry, job).
+    pub(crate) fn parse_timed(&self, key: &[u8]) -> Option<(i64, Uuid)> {
         self.q
             .unpack::<(String, i64, Uuid)>(key)
             .ok()
@@ -128,10 +129,6 @@ impl TenantKeys {
 
     pub(crate) fn leases_all(&self) -> RangeOption {
         prefix(&self.q.pack(&("lease",)))
-    }
-
-    pub(crate) fn parse_lease(&self, key: &[u8]) -> Option<(i64, Uuid)> {
-        self.parse_scheduled(key)
     }
 
     pub(crate) fn by_state(&self, state: JobState, since: i64, id: Uuid) -> Vec<u8> {

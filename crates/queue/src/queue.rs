@@ -923,8 +923,8 @@ impl Queue {
     ) -> Result<TenantHead> {
         let (pauses, expired, due) = futures::try_join!(
             async { Ok::<_, Error>(tx.get_range_all(&keys.pauses().snapshot()).await?) },
-            expired_leases(tx, keys, now),
-            due_jobs(tx, keys, now),
+            time_index_head(tx, keys, keys.leases_expired(now)),
+            time_index_head(tx, keys, keys.scheduled_due(now)),
         )?;
         let paused: BTreeSet<String> = pauses
             .iter()
@@ -1166,7 +1166,7 @@ impl Queue {
         out
     }
 
-    /// Jobs whose lease expired (`expired`, from [`expired_leases`]): back to the queue, or
+    /// Jobs whose lease expired (`expired`, from [`time_index_head`]): back to the queue, or
     /// dead when no attempts are left.
     async fn rescue_expired(
         &self,
@@ -1216,7 +1216,7 @@ impl Queue {
         Ok(())
     }
 
-    /// Scheduled jobs whose time has come (`due`, from [`due_jobs`]): into the ready index.
+    /// Scheduled jobs whose time has come (`due`, from [`time_index_head`]): into the ready index.
     async fn promote_due(
         &self,
         tx: &Transaction,
@@ -2314,25 +2314,20 @@ async fn load_required(tx: &Transaction, keys: &TenantKeys, id: Uuid) -> Result<
     load(tx, keys, id).await?.ok_or(Error::NotFound(id))
 }
 
-/// The first leases that expired by `now`, as (expiry, job) (a snapshot read).
-async fn expired_leases(tx: &Transaction, keys: &TenantKeys, now: i64) -> Result<Vec<(i64, Uuid)>> {
-    let range = keys.leases_expired(now).limit(MAINTENANCE_PER_CLAIM);
-    let page = tx.get_range(&range.snapshot()).await?;
+/// The first entries of `range` of a time-ordered index (the leases that expired, or the
+/// scheduled jobs due, by some time), as (time, job): a snapshot read.
+async fn time_index_head(
+    tx: &Transaction,
+    keys: &TenantKeys,
+    range: RangeOption,
+) -> Result<Vec<(i64, Uuid)>> {
+    let page = tx
+        .get_range(&range.limit(MAINTENANCE_PER_CLAIM).snapshot())
+        .await?;
     Ok(page
         .kvs
         .iter()
-        .filter_map(|kv| keys.parse_lease(&kv.key))
-        .collect())
-}
-
-/// The first scheduled jobs due by `now`, as (run at, job) (a snapshot read).
-async fn due_jobs(tx: &Transaction, keys: &TenantKeys, now: i64) -> Result<Vec<(i64, Uuid)>> {
-    let range = keys.scheduled_due(now).limit(MAINTENANCE_PER_CLAIM);
-    let page = tx.get_range(&range.snapshot()).await?;
-    Ok(page
-        .kvs
-        .iter()
-        .filter_map(|kv| keys.parse_scheduled(&kv.key))
+        .filter_map(|kv| keys.parse_timed(&kv.key))
         .collect())
 }
 
