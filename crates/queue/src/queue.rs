@@ -343,20 +343,42 @@ impl Queue {
                 let mut out = Vec::with_capacity(jobs.len());
                 let keys = TenantKeys::new(tenant);
                 // What every job's enqueue reads, read at once (on FoundationDB one round trip
-                // instead of one per job).
-                let (records, config, active) = futures::try_join!(
-                    Prefetched::read(&tx, jobs.iter().filter_map(|j| j.id).map(|id| keys.job(id))),
+                // instead of one per job): its record, its idempotency and supersede entries,
+                // the tenant's settings and active-index entry.
+                let lookups = jobs.iter().flat_map(|j| {
+                    let id = j.id.map(|id| keys.job(id));
+                    let ik = j.idempotency_key.as_deref().map(|k| keys.idempotency(k));
+                    let sk = j.supersede_key.as_deref().map(|k| keys.supersede(k));
+                    id.into_iter().chain(ik).chain(sk)
+                });
+                let (mut records, config, active) = futures::try_join!(
+                    Prefetched::read(&tx, lookups),
                     read_tenant_config(&tx, &keys, true),
                     async {
                         let entry = keys::TenantIndex::Active.entry(tenant);
                         Ok::<_, Error>(tx.get(&entry, true).await?.is_some())
                     },
                 )?;
+                // Then the records those entries name, also at once (a second round trip,
+                // only when some entry exists).
+                let named: Vec<Vec<u8>> = jobs
+                    .iter()
+                    .flat_map(|j| {
+                        let ik = j.idempotency_key.as_deref().map(|k| keys.idempotency(k));
+                        let sk = j.supersede_key.as_deref().map(|k| keys.supersede(k));
+                        ik.into_iter().chain(sk)
+                    })
+                    .filter_map(|k| records.peek(&k))
+                    .filter_map(|v| Uuid::from_slice(v).ok())
+                    .map(|id| keys.job(id))
+                    .collect();
+                records.read_more(&tx, named).await?;
                 let mut shared = EnqueueShared {
                     queued: false,
                     records,
                     config: Some(config),
                     active: Some(active),
+                    usage: None,
                 };
                 for job in jobs {
                     out.push(
@@ -387,6 +409,7 @@ impl Queue {
             records: Prefetched::none(),
             config: None,
             active: None,
+            usage: None,
         };
         self.enqueue_one(tx, tenant, job, false, &mut shared).await
     }
@@ -427,9 +450,9 @@ impl Queue {
         let now = self.now();
         if let Some(key) = &job.idempotency_key {
             let ik = keys.idempotency(key);
-            if let Some(existing) = tx.get(&ik, false).await? {
+            if let Some(existing) = shared.records.get(tx, &ik).await? {
                 let existing = decode_id(&existing, "idempotency key")?;
-                if tx.get(&keys.job(existing), false).await?.is_some() {
+                if shared.records.get(tx, &keys.job(existing)).await?.is_some() {
                     return Ok(Enqueued {
                         id: existing,
                         duplicate: true,
@@ -444,7 +467,8 @@ impl Queue {
             Some(c) => c.clone(),
             None => read_tenant_config(tx, &keys, true).await?,
         };
-        self.admit(tx, &keys, &config, job).await?;
+        self.admit(tx, &keys, &config, job, &mut shared.usage)
+            .await?;
         // A runnable job of a tenant in neither index (nothing queued, scheduled or running
         // since a claim last saw it idle) makes it fresh: the next claim serves it ahead of the
         // others (see `Queue::claim_fresh`; FQ-CoDel's rule for a new flow). Read before this
@@ -466,16 +490,20 @@ impl Queue {
         let mut superseded = None;
         if let Some(key) = &job.supersede_key {
             let sk = keys.supersede(key);
-            if let Some(old_id) = tx.get(&sk, false).await? {
+            if let Some(old_id) = shared.records.get(tx, &sk).await? {
                 let old_id = decode_id(&old_id, "supersede key")?;
-                if let Some(old) = load(tx, &keys, old_id).await? {
+                // (Taken from what was read ahead, so a later take reads it again.)
+                if let Some(old) = shared.records.load(tx, &keys, old_id).await? {
                     if matches!(old.state, JobState::Queued | JobState::Scheduled) {
                         let mut next = old.clone();
                         next.superseded_by = Some(id);
                         next.cancel_reason = Some(CancelReason::Superseded);
                         finish(&mut next, JobState::Cancelled, now, None);
                         self.save(tx, &keys, Some(&old), &next)?;
-                        shared.records.forget(&keys, old_id);
+                        if let Some(usage) = &mut shared.usage {
+                            usage.jobs -= 1;
+                            usage.bytes -= i64::try_from(old.args_bytes).unwrap_or(i64::MAX);
+                        }
                         superseded = Some(old_id);
                     }
                 }
@@ -522,6 +550,10 @@ impl Queue {
             tx.set(&keys::TenantIndex::Fresh.entry(tenant), b"");
         }
         self.save(tx, &keys, None, &record)?;
+        if let Some(usage) = &mut shared.usage {
+            usage.jobs += 1;
+            usage.bytes += i64::try_from(record.args_bytes).unwrap_or(i64::MAX);
+        }
         if let Some(session) = job.session_id {
             tx.set(&keys.session(session, id), b"");
         }
@@ -1690,23 +1722,36 @@ impl Queue {
                         let mut count = 0;
                         if maybe_committed.0 {
                             let tried = lock(replayed).clone();
-                            for id in tried {
-                                let job = load(&tx, &keys, id).await?;
-                                if job.is_some_and(|j| j.state != JobState::Dead) {
-                                    count += 1;
-                                }
-                            }
+                            let jobs =
+                                try_join_all(tried.iter().map(|&id| load(&tx, &keys, id))).await?;
+                            count += jobs
+                                .iter()
+                                .flatten()
+                                .filter(|j| j.state != JobState::Dead)
+                                .count();
                         }
                         let page = tx.get_range(&page_opt).await?;
+                        let ids: Vec<Uuid> = page
+                            .kvs
+                            .iter()
+                            .filter_map(|kv| keys.parse_state_index(&kv.key))
+                            .map(|(_, id)| id)
+                            .collect();
+                        // Without a kind every dead job of the page is replayed until the
+                        // limit, so only that many are read ahead; with one, all of them.
+                        let ahead = match kind {
+                            None => remaining.saturating_sub(count),
+                            Some(_) => ids.len(),
+                        };
+                        let mut records =
+                            Prefetched::read(&tx, ids.iter().take(ahead).map(|&id| keys.job(id)))
+                                .await?;
                         let mut mine = Vec::new();
-                        for kv in &page.kvs {
+                        for id in ids {
                             if count >= remaining {
                                 break;
                             }
-                            let Some((_, id)) = keys.parse_state_index(&kv.key) else {
-                                continue;
-                            };
-                            let Some(job) = load(&tx, &keys, id).await? else {
+                            let Some(job) = records.load(&tx, &keys, id).await? else {
                                 continue;
                             };
                             if job.state != JobState::Dead || kind.is_some_and(|k| k != job.kind) {
@@ -1919,13 +1964,17 @@ impl Queue {
         keys: &TenantKeys,
         cfg: &TenantQueueConfig,
         job: &NewJob,
+        usage: &mut Option<Usage>,
     ) -> Result<()> {
+        if cfg.max_queued.is_none() && cfg.max_queued_bytes.is_none() {
+            return Ok(());
+        }
+        let usage = match usage {
+            Some(usage) => *usage,
+            None => *usage.insert(Usage::read(tx, keys).await?),
+        };
         if let Some(max) = cfg.max_queued {
-            let mut current = 0i64;
-            for state in [JobState::Queued, JobState::Scheduled, JobState::Running] {
-                current += sum_counters(tx, &keys.counters(state)).await?;
-            }
-            let current = u64::try_from(current).unwrap_or(0);
+            let current = u64::try_from(usage.jobs).unwrap_or(0);
             if current >= max {
                 return Err(Error::Refused {
                     limit: "max_queued",
@@ -1935,8 +1984,7 @@ impl Queue {
             }
         }
         if let Some(max) = cfg.max_queued_bytes {
-            let current =
-                u64::try_from(sum_counters(tx, &keys.bytes_counters()).await?).unwrap_or(0);
+            let current = u64::try_from(usage.bytes).unwrap_or(0);
             if current.saturating_add(args_len(&job.args)) > max {
                 return Err(Error::Refused {
                     limit: "max_queued_bytes",
@@ -2257,19 +2305,49 @@ struct EnqueueShared {
     /// Whether the tenant's active-index entry exists, if read ahead: kept as a read of it
     /// would answer (set once an enqueue of the transaction writes it).
     active: Option<bool>,
+    /// The tenant's unfinished jobs and their bytes, once admission control has read them:
+    /// kept as a read of the counters would answer, as the enqueues write jobs.
+    usage: Option<Usage>,
 }
 
-/// Job records read together, ahead of the loop that takes them one by one. On FoundationDB
-/// every read is a network round trip: a loop that loaded each job in turn waited one round
-/// trip per job (32 for a claim of 32, 100 for an enqueue of 100); reading them concurrently
-/// waits about one for all (the client sends the reads at once). The reads are the same
-/// serializable gets [`load`] makes, so the transaction's conflicts are unchanged.
+/// What admission control counts of a tenant: its unfinished jobs (queued, scheduled or
+/// running) and their argument bytes. Snapshot reads, like every counter read: concurrent
+/// enqueues do not conflict over them, so a burst of concurrent batches can overshoot a limit
+/// by at most its own size.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    jobs: i64,
+    bytes: i64,
+}
+
+impl Usage {
+    /// Reads the four counters at once (this transaction's own adds count).
+    async fn read(tx: &Transaction, keys: &TenantKeys) -> Result<Usage> {
+        let ranges = [
+            keys.bytes_counters(),
+            keys.counters(JobState::Queued),
+            keys.counters(JobState::Scheduled),
+            keys.counters(JobState::Running),
+        ];
+        let sums = try_join_all(ranges.iter().map(|r| sum_counters(tx, r))).await?;
+        Ok(Usage {
+            bytes: sums[0],
+            jobs: sums[1..].iter().sum(),
+        })
+    }
+}
+
+/// Job records (and the entries an enqueue looks up) read together, ahead of the loop that
+/// takes them one by one. On FoundationDB every read is a network round trip: a loop that
+/// loaded each job in turn waited one round trip per job (32 for a claim of 32, 100 for an
+/// enqueue of 100); reading them concurrently waits about one for all (the client sends the
+/// reads at once). The reads are the same serializable gets [`load`] makes, so the
+/// transaction's conflicts are unchanged.
 ///
-/// [`Prefetched::load`] returns what [`load`] would read at that point of the loop, provided
-/// the loop writes no job's record but the one it is taking (then a record read ahead cannot
-/// be stale: only its own turn writes it). A job taken again (a repeated id) is read again, so
-/// it sees the loop's own write; a loop that does write another job's record calls
-/// [`Prefetched::forget`] for it.
+/// A take ([`Prefetched::load`], [`Prefetched::get`]) returns what a read would return at that
+/// point of the loop, provided the loop writes a key only after taking it (then a value read
+/// ahead cannot be stale). A key taken again (a repeated id, or two jobs of a batch with one
+/// idempotency key) is read again, so it sees the loop's own write.
 pub(crate) struct Prefetched(HashMap<Vec<u8>, Option<Vec<u8>>>);
 
 impl Prefetched {
@@ -2290,6 +2368,37 @@ impl Prefetched {
         Prefetched(HashMap::new())
     }
 
+    /// Also reads `more` keys (those not read ahead yet) concurrently.
+    pub(crate) async fn read_more(
+        &mut self,
+        tx: &Transaction,
+        more: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<()> {
+        let mut more: Vec<Vec<u8>> = more
+            .into_iter()
+            .filter(|k| !self.0.contains_key(k))
+            .collect();
+        more.sort_unstable();
+        more.dedup();
+        let values = try_join_all(more.iter().map(|k| tx.get(k, false))).await?;
+        self.0.extend(more.into_iter().zip(values));
+        Ok(())
+    }
+
+    /// The value read ahead under `key`, if it was read and not taken yet; not taken by this.
+    pub(crate) fn peek(&self, key: &[u8]) -> Option<&[u8]> {
+        self.0.get(key)?.as_deref()
+    }
+
+    /// The value under `key` as a serializable get reads it now: the first time from what
+    /// was read ahead, afterwards (or if it was not read ahead) from the transaction.
+    pub(crate) async fn get(&mut self, tx: &Transaction, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.0.remove(key) {
+            Some(value) => Ok(value),
+            None => tx.get(key, false).await.map_err(Error::from),
+        }
+    }
+
     /// The job's record as [`load`] reads it now: the first time from what was read ahead,
     /// afterwards (or if it was not read ahead) from the transaction.
     pub(crate) async fn load(
@@ -2302,11 +2411,6 @@ impl Prefetched {
             Some(value) => decode_job(value, id),
             None => load(tx, keys, id).await,
         }
-    }
-
-    /// The loop wrote this job's record out of turn: a later take must read it again.
-    pub(crate) fn forget(&mut self, keys: &TenantKeys, id: Uuid) {
-        self.0.remove(&keys.job(id));
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 use steward_queue::{
     CancelReason, ClaimRequest, DeadReason, Error, JobState, Lease, ListFilter, NewJob, Outcome,
-    QueueConfig, RetryPolicy, WaitReason, MAX_ARGS_BYTES, MAX_BATCH, MAX_KEPT_ERRORS,
+    QueueConfig, RetryPolicy, TenantQueueConfig, WaitReason, MAX_ARGS_BYTES, MAX_BATCH,
+    MAX_KEPT_ERRORS,
 };
 use steward_store::tuple::pack;
 use steward_store::{decode_counter, FaultConfig, Transaction};
@@ -45,6 +46,7 @@ support::backend_tests! {
         claim_follows_strict_priority_within_a_tenant,
         idempotent_enqueue_returns_the_first_job,
         enqueue_batch_is_all_or_nothing,
+        a_batch_sees_its_own_keys_and_counts_its_own_jobs,
         enqueue_in_commits_with_the_callers_transaction,
         validation_errors_name_the_field,
         args_over_the_limit_are_refused_and_at_the_limit_survive_failures,
@@ -914,6 +916,113 @@ async fn enqueue_batch_is_all_or_nothing(env: Env) {
     assert_eq!((again[1].id, again[1].duplicate), (out[2].id, true));
     assert_eq!(env.list_all(t, &ListFilter::default(), 10).await.len(), 4);
     env.assert_counts_match(t).await;
+}
+
+/// A batch reads its jobs' idempotency and supersede entries, and admission control's counts,
+/// ahead of its loop: a later job of the batch must still see what an earlier one wrote.
+async fn a_batch_sees_its_own_keys_and_counts_its_own_jobs(env: Env) {
+    let t = env.tenant();
+    let stored = env.enqueue(t, job("a").idempotency_key("old")).await;
+    let waiting = env.enqueue(t, job("a").supersede_key("s2")).await;
+    let out = env
+        .queue
+        .enqueue_batch(
+            t,
+            vec![
+                job("a").idempotency_key("k1"),
+                job("b").idempotency_key("k1"),
+                job("c").supersede_key("s1"),
+                job("d").supersede_key("s1"),
+                job("e").supersede_key("s2"),
+                job("f").idempotency_key("old"),
+                job("g").supersede_key("s1"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((out[1].id, out[1].duplicate), (out[0].id, true));
+    assert_eq!(out[3].superseded, Some(out[2].id));
+    assert_eq!(out[4].superseded, Some(waiting));
+    assert_eq!((out[5].id, out[5].duplicate), (stored, true));
+    assert_eq!(out[6].superseded, Some(out[3].id));
+    assert_eq!(env.job(t, out[2].id).await.state, JobState::Cancelled);
+    assert_eq!(env.job(t, out[3].id).await.state, JobState::Cancelled);
+    assert_eq!(env.job(t, out[3].id).await.superseded_by, Some(out[6].id));
+    assert_eq!(env.job(t, waiting).await.state, JobState::Cancelled);
+    env.assert_counts_match(t).await;
+
+    // Admission counts what the batch itself enqueues and supersedes.
+    let u = limited_tenant(&env, Some(4), Some(1_000)).await;
+    env.enqueue(u, job("a").supersede_key("x")).await;
+    env.enqueue(u, job("a")).await;
+    // 2 unfinished; the first job of the batch replaces one of them: 2 + 3 - 1 = 4.
+    let fits = vec![job("a").supersede_key("x"), job("a"), job("a")];
+    env.queue.enqueue_batch(u, fits).await.unwrap();
+    let over = env.queue.enqueue_batch(u, vec![job("a")]).await;
+    assert!(
+        matches!(
+            over,
+            Err(Error::Refused {
+                limit: "max_queued",
+                max: 4,
+                current: 4
+            })
+        ),
+        "{over:?}"
+    );
+    // A batch is refused at the job that crosses the limit, counting the jobs before it.
+    let w = limited_tenant(&env, Some(2), None).await;
+    let over = env
+        .queue
+        .enqueue_batch(w, vec![job("a"), job("a"), job("a")])
+        .await;
+    assert!(
+        matches!(
+            over,
+            Err(Error::Refused {
+                limit: "max_queued",
+                max: 2,
+                current: 2
+            })
+        ),
+        "{over:?}"
+    );
+    let v = limited_tenant(&env, None, Some(1_000)).await;
+    let big = || NewJob::new("a", json!("x".repeat(400)));
+    let over = env.queue.enqueue_batch(v, vec![big(), big(), big()]).await;
+    assert!(
+        matches!(
+            over,
+            Err(Error::Refused {
+                limit: "max_queued_bytes",
+                max: 1_000,
+                current: 804
+            })
+        ),
+        "{over:?}"
+    );
+    env.queue
+        .enqueue_batch(v, vec![big(), big()])
+        .await
+        .unwrap();
+    env.assert_counts_match(u).await;
+    env.assert_counts_match(v).await;
+}
+
+/// A new tenant under admission limits.
+async fn limited_tenant(
+    env: &Env,
+    max_queued: Option<u64>,
+    max_queued_bytes: Option<u64>,
+) -> uuid::Uuid {
+    let t = env.tenant();
+    let config = TenantQueueConfig {
+        max_queued,
+        max_queued_bytes,
+        ..TenantQueueConfig::default()
+    };
+    env.queue.set_tenant_config(t, &config).await.unwrap();
+    t
 }
 
 async fn enqueue_in_commits_with_the_callers_transaction(env: Env) {
