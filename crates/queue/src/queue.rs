@@ -667,10 +667,15 @@ impl Queue {
         let (mut tenants, idle) = self.pick_tenants(tx, now, req.kinds.as_deref()).await?;
         // Fresh tenants with nothing more need no second look (those with more may be sampled).
         tenants.retain(|t| !fresh.contains(t));
-        for t in idle {
-            self.maybe_retire_doorbell(tx, &TenantKeys::new(t), t)
-                .await?;
-        }
+        // Together: each reads its own tenant's indexes and clears its own entry of the active
+        // index, which nothing in this claim reads afterwards.
+        let idle: Vec<(Uuid, TenantKeys)> =
+            idle.into_iter().map(|t| (t, TenantKeys::new(t))).collect();
+        try_join_all(
+            idle.iter()
+                .map(|(t, keys)| self.maybe_retire_doorbell(tx, keys, *t)),
+        )
+        .await?;
         self.with_rng(|r| r.shuffle(&mut tenants));
         let configs = read_tenant_configs(tx, &tenants).await?;
         let budget = req.max - leases.len();
@@ -713,8 +718,8 @@ impl Queue {
         };
         // What each visit reads before it writes, read for every tenant at once (on
         // FoundationDB one round trip or two for all of them, not a few per tenant in turn). A
-        // visit writes only its own tenant's keys, so each finds these as it would have read
-        // them itself; the heads are read for the most the tenant can get (its share), and a
+        // visit writes only its own tenant's keys (and may clear its own entry of the active
+        // index, which no visit reads), so each finds these as it would have read them itself; the heads are read for the most the tenant can get (its share), and a
         // tenant the claim does not reach costs snapshot reads only.
         let mut heads = try_join_all(tenants.iter().zip(configs).map(|(&t, cfg)| async move {
             let keys = TenantKeys::new(t);
@@ -724,38 +729,103 @@ impl Queue {
                 .map(Some)
         }))
         .await?;
-        let mut hungry = Vec::new();
+        // Then the visits, in turn. Each chooses its jobs from its head; the records of the
+        // chosen jobs of all the visits are then read together and taken in the same order.
+        // Each visit's quota counts the jobs the earlier ones chose. The records are read at the
+        // snapshot's version, so every chosen job is taken (one claimed elsewhere since then
+        // makes this claim conflict), unless its index entry has no queued record; then the
+        // claim returns fewer jobs than it could have.
         let mut visits = vec![None; tenants.len()];
+        let mut pending = Vec::new();
+        let mut planned = 0;
         let mut visited = HashSet::new();
-        for (((t, cfg), visit), head) in
-            tenants.iter().zip(configs).zip(&mut visits).zip(&mut heads)
-        {
-            if leases.len() >= end {
-                break;
-            }
+        for (i, ((t, cfg), head)) in tenants.iter().zip(configs).zip(&mut heads).enumerate() {
             // A head read ahead is only what the tenant's first visit would read (the callers
-            // pass each tenant once; a repeat reads its own).
+            // pass each tenant once; a repeat reads its own, after the earlier visits' writes).
             if !visited.insert(*t) {
                 *head = None;
+                for (j, visit) in self.take_visits(tx, req, now, pending, leases).await? {
+                    visits[j] = Some(visit);
+                }
+                (pending, planned) = (Vec::new(), 0);
             }
-            let quota = share(cfg).clamp(1, end - leases.len());
-            let got = self
-                .claim_tenant(tx, *t, cfg, req, now, quota, attempt, leases, head.take())
-                .await?;
-            if refill && got == TenantVisit::Full {
-                hungry.push((*t, cfg));
-            }
-            *visit = Some(got);
-        }
-        for (t, cfg) in hungry {
-            let need = end - leases.len();
-            if need == 0 {
+            if leases.len() + planned >= end {
                 break;
             }
-            self.claim_tenant(tx, t, cfg, req, now, need, attempt, leases, None)
-                .await?;
+            let quota = share(cfg).clamp(1, end - leases.len() - planned);
+            match self
+                .plan_visit(tx, *t, cfg, req, now, quota, attempt, head.take())
+                .await?
+            {
+                Planned::Done(visit) => visits[i] = Some(visit),
+                Planned::Take(plan) => {
+                    planned += plan.chosen.len();
+                    pending.push((i, plan));
+                }
+            }
+        }
+        for (j, visit) in self.take_visits(tx, req, now, pending, leases).await? {
+            visits[j] = Some(visit);
+        }
+        if refill {
+            for ((t, cfg), visit) in tenants.iter().zip(configs).zip(&visits) {
+                if *visit != Some(TenantVisit::Full) {
+                    continue;
+                }
+                let need = end - leases.len();
+                if need == 0 {
+                    break;
+                }
+                // Its head again, after its first visit's writes.
+                let plan = self
+                    .plan_visit(tx, *t, cfg, req, now, need, attempt, None)
+                    .await?;
+                if let Planned::Take(plan) = plan {
+                    self.take_visits(tx, req, now, vec![((), plan)], leases)
+                        .await?;
+                }
+            }
         }
         Ok(visits)
+    }
+
+    /// Takes the planned visits' jobs (each plan tagged by the caller): their records read
+    /// together, then each visit in order, then the doorbells of the tenants they emptied,
+    /// checked together. Returns each tag with how its visit ended.
+    async fn take_visits<T>(
+        &self,
+        tx: &Transaction,
+        req: &ClaimRequest,
+        now: i64,
+        pending: Vec<(T, VisitPlan)>,
+        leases: &mut Vec<Lease>,
+    ) -> Result<Vec<(T, TenantVisit)>> {
+        let mut chosen = Vec::new();
+        for (_, plan) in &pending {
+            chosen.extend(plan.chosen.iter().map(|&id| plan.keys.job(id)));
+        }
+        let mut records = Prefetched::read(tx, chosen).await?;
+        let mut out = Vec::with_capacity(pending.len());
+        let mut emptied = Vec::new();
+        for (tag, plan) in pending {
+            let (tenant, keys) = (plan.tenant, plan.keys.clone());
+            let (visit, empty) = self
+                .take_visit(tx, req, now, plan, &mut records, leases)
+                .await?;
+            out.push((tag, visit));
+            if empty {
+                emptied.push((tenant, keys));
+            }
+        }
+        // Together: each reads its own tenant's indexes and clears its own entry of the active
+        // index, which nothing in this claim reads afterwards.
+        try_join_all(
+            emptied
+                .iter()
+                .map(|(tenant, keys)| self.maybe_retire_doorbell(tx, keys, *tenant)),
+        )
+        .await?;
+        Ok(out)
     }
 
     /// Serves the fresh tenants (those that were in no index when a job arrived; FQ-CoDel's
@@ -905,36 +975,43 @@ impl Queue {
         now: i64,
         kinds: Option<&[String]>,
     ) -> Result<Work> {
-        let any = |range: RangeOption| async move {
-            Ok::<bool, Error>(
-                !tx.get_range(&range.snapshot().limit(1))
-                    .await?
-                    .kvs
-                    .is_empty(),
-            )
+        let first = |range: RangeOption| async move {
+            let page = tx.get_range(&range.snapshot().limit(1)).await?;
+            Ok::<_, Error>(page.kvs.into_iter().next().map(|kv| kv.key))
         };
-        // Queued jobs count only if they are of a kind this claim runs.
+        // Queued jobs count only if they are of a kind this claim runs (the kinds' heads read
+        // together).
         let ready = match kinds {
-            None => any(keys.ready_all()).await?,
-            Some(kinds) => {
-                let mut found = false;
-                for kind in kinds {
-                    if any(keys.ready_of_kind(kind)).await? {
-                        found = true;
-                        break;
-                    }
-                }
-                found
-            }
+            None => first(keys.ready_all()).await?.is_some(),
+            Some(kinds) => try_join_all(kinds.iter().map(|k| first(keys.ready_of_kind(k))))
+                .await?
+                .iter()
+                .any(Option::is_some),
         };
-        if ready || any(keys.scheduled_due(now)).await? || any(keys.leases_expired(now)).await? {
+        if ready {
             return Ok(Work::Claimable);
         }
-        if any(keys.leases_all()).await?
-            || any(keys.scheduled_all()).await?
-            // Queued jobs of other kinds: not for this claim, but the doorbell stays.
-            || (kinds.is_some() && any(keys.ready_all()).await?)
-        {
+        // The scheduled jobs and the leases are ordered by time: the first entry of each tells
+        // both whether one is due (or expired) now and whether any is waiting. Read together.
+        let (scheduled, leased, other_kinds) = futures::try_join!(
+            first(keys.scheduled_all()),
+            first(keys.leases_all()),
+            async {
+                match kinds {
+                    // Queued jobs of other kinds: not for this claim, but the doorbell stays.
+                    Some(_) => first(keys.ready_all()).await,
+                    None => Ok(None),
+                }
+            },
+        )?;
+        let due = |key: &Option<Vec<u8>>| {
+            key.as_ref()
+                .is_some_and(|k| keys.parse_timed(k).is_none_or(|(at, _)| at <= now))
+        };
+        if due(&scheduled) || due(&leased) {
+            return Ok(Work::Claimable);
+        }
+        if scheduled.is_some() || leased.is_some() || other_kinds.is_some() {
             return Ok(Work::Later);
         }
         Ok(Work::None)
@@ -1034,9 +1111,11 @@ impl Queue {
         Ok(HeadRest { taken, heads })
     }
 
-    /// Claims up to `quota` jobs of one tenant. Says whether the tenant could give more.
+    /// The first half of a tenant's visit: moves its expired leases and due jobs (if any), then
+    /// chooses up to `quota` of its ready jobs from the heads of its kinds. Reads no job that
+    /// it does not move, so the chosen jobs of several tenants can be read together.
     #[allow(clippy::too_many_arguments)]
-    async fn claim_tenant(
+    async fn plan_visit(
         &self,
         tx: &Transaction,
         tenant: Uuid,
@@ -1045,9 +1124,8 @@ impl Queue {
         now: i64,
         quota: usize,
         attempt: u64,
-        leases: &mut Vec<Lease>,
         head: Option<TenantHead>,
-    ) -> Result<TenantVisit> {
+    ) -> Result<Planned> {
         let keys = TenantKeys::new(tenant);
         let TenantHead {
             paused,
@@ -1063,7 +1141,7 @@ impl Queue {
         let pauses = keys.pauses();
         tx.add_read_conflict_range(&pauses.begin, &pauses.end);
         if paused.contains(ALL_KINDS) {
-            return Ok(TenantVisit::Drained);
+            return Ok(Planned::Done(TenantVisit::Drained));
         }
         let HeadRest { taken, heads } = match rest {
             Some(rest) => rest,
@@ -1079,13 +1157,13 @@ impl Queue {
             }
         };
         // Concurrency limit: a job runs only while it holds one of `max_running` slot keys.
-        let mut free_slots = taken.map(|(max, taken)| {
+        let free_slots = taken.map(|(max, taken)| {
             let mut free: Vec<u32> = (0..max).filter(|i| !taken.contains(i)).collect();
             self.with_rng(|r| r.shuffle(&mut free));
             free
         });
         let need = match &free_slots {
-            Some(free) if free.is_empty() => return Ok(TenantVisit::Drained),
+            Some(free) if free.is_empty() => return Ok(Planned::Done(TenantVisit::Drained)),
             Some(free) => quota.min(free.len()),
             None => quota,
         };
@@ -1105,8 +1183,39 @@ impl Queue {
             .take(&mut candidates, read_version, attempt, |c| {
                 self.choose(c, need)
             });
+        Ok(Planned::Take(VisitPlan {
+            tenant,
+            keys,
+            chosen,
+            free_slots,
+            need,
+            candidates: candidates.len(),
+            skipped,
+        }))
+    }
+
+    /// The second half of a visit: claims the chosen jobs that are still queued, reading their
+    /// records from `records`. Says how the visit ended, and whether the tenant may have
+    /// nothing left (then the caller checks its doorbell).
+    async fn take_visit(
+        &self,
+        tx: &Transaction,
+        req: &ClaimRequest,
+        now: i64,
+        plan: VisitPlan,
+        records: &mut Prefetched,
+        leases: &mut Vec<Lease>,
+    ) -> Result<(TenantVisit, bool)> {
+        let VisitPlan {
+            tenant,
+            keys,
+            chosen,
+            mut free_slots,
+            need,
+            candidates,
+            skipped,
+        } = plan;
         let mut claimed = 0;
-        let mut records = Prefetched::read(tx, chosen.iter().map(|&id| keys.job(id))).await?;
         for id in chosen {
             let Some(job) = records.load(tx, &keys, id).await? else {
                 continue;
@@ -1116,6 +1225,7 @@ impl Queue {
             }
             let slot = match free_slots.as_mut() {
                 Some(free) => {
+                    // (Never short: no more are chosen than there are free slots.)
                     let Some(i) = free.pop() else { break };
                     // Two claims that pick the same free slot conflict here.
                     let slot_key = keys.slot(i);
@@ -1153,21 +1263,20 @@ impl Queue {
                 ready_at: job.run_at.max(job.created_at),
             });
         }
-        if claimed == 0 && candidates.is_empty() && skipped > 0 {
-            return Ok(TenantVisit::Hidden);
+        if claimed == 0 && candidates == 0 && skipped > 0 {
+            return Ok((TenantVisit::Hidden, false));
         }
-        if candidates.len() + skipped > claimed {
+        if candidates + skipped > claimed {
             // More is waiting: the tenant stays active, and may give more in a second round
             // (unless its concurrency slots ran out).
             let slots_left = free_slots.as_ref().is_none_or(|f| !f.is_empty());
             return Ok(if claimed == need && slots_left {
-                TenantVisit::Full
+                (TenantVisit::Full, false)
             } else {
-                TenantVisit::Drained
+                (TenantVisit::Drained, false)
             });
         }
-        self.maybe_retire_doorbell(tx, &keys, tenant).await?;
-        Ok(TenantVisit::Drained)
+        Ok((TenantVisit::Drained, true))
     }
 
     /// Picks up to `need` ids, strictly by priority. Within one priority it takes a contiguous
@@ -2274,6 +2383,28 @@ fn decode_job(value: Option<Vec<u8>>, id: Uuid) -> Result<Option<Job>> {
             }),
         None => Ok(None),
     }
+}
+
+/// A visit's choice, made before the chosen jobs' records are read (`Queue::plan_visit`).
+struct VisitPlan {
+    tenant: Uuid,
+    keys: TenantKeys,
+    chosen: Vec<Uuid>,
+    /// The free concurrency slots, shuffled (with `max_running`).
+    free_slots: Option<Vec<u32>>,
+    need: usize,
+    /// Ready jobs seen, less those skipped.
+    candidates: usize,
+    /// Ready jobs seen that other claims of this process are taking, or that this process
+    /// claimed at versions newer than the snapshot.
+    skipped: usize,
+}
+
+/// What planning a visit came to.
+enum Planned {
+    /// The visit ended without taking anything (a paused tenant, or no free slot).
+    Done(TenantVisit),
+    Take(VisitPlan),
 }
 
 /// What a tenant's visit in a claim reads before it writes (see `Queue::tenant_head`).
