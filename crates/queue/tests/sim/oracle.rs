@@ -822,6 +822,14 @@ impl Oracle {
                     JobState::Cancelled | JobState::Completed | JobState::Dead => {
                         // Maybe it already was: not necessarily this call's doing.
                         set_terminal(v, r, id, rec, *state, false);
+                        // After `commit_unknown_result` the call answers the job's state when
+                        // it retried: an attempt that flagged a running job, whose worker then
+                        // reported (and so ended it cancelled), answers `cancelled`.
+                        if *state == JobState::Cancelled
+                            && rec.leases.iter().any(|l| l.end.is_none())
+                        {
+                            rec.flagged = Some(rec.flagged.map_or(r, |f| f.min(r)));
+                        }
                     }
                     s => bad(v, r, format!("cancel of job {id} left it {s}")),
                 }
