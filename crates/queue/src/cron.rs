@@ -10,10 +10,12 @@
 //! which enqueues one job per tenant under an id derived from (schedule, tick, tenant), so a
 //! fan-out retried after a crash never enqueues a tenant's job twice.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use steward_store::{TransactError, Transaction};
 use uuid::Uuid;
@@ -178,6 +180,35 @@ pub enum RefusedBy {
     MaxQueued,
     /// The tenant's `max_queued_bytes`.
     MaxQueuedBytes,
+}
+
+impl RefusedBy {
+    /// The limit an [`Error::Refused`] names.
+    fn of(limit: &str) -> RefusedBy {
+        if limit == "max_queued_bytes" {
+            RefusedBy::MaxQueuedBytes
+        } else {
+            RefusedBy::MaxQueued
+        }
+    }
+}
+
+/// What a fan-out did for one tenant.
+enum Placed {
+    /// Its job was there already (an earlier call enqueued it).
+    Already,
+    New,
+    Refused(RefusedBy),
+}
+
+/// What one page of a system schedule's fan-out did ([`Scheduler::fan_out`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FanOut {
+    /// Jobs enqueued by this call (a repeated call enqueues only what is missing).
+    pub enqueued: usize,
+    /// Tenants whose job their admission limits refused: they lose this tick, and the other
+    /// tenants get theirs.
+    pub refused: Vec<(Uuid, RefusedBy)>,
 }
 
 /// A recorded tick.
@@ -582,14 +613,9 @@ impl<'q> Scheduler<'q> {
             // advances, and other schedules are not held up. Admission is checked before
             // anything of the job is written, so nothing of it is left in the transaction.
             Err(Error::Refused { limit, .. }) => {
-                let by = if limit == "max_queued_bytes" {
-                    RefusedBy::MaxQueuedBytes
-                } else {
-                    RefusedBy::MaxQueued
-                };
                 return Ok(TickOutcome::Skipped {
                     previous: None,
-                    refused: Some(by),
+                    refused: Some(RefusedBy::of(limit)),
                 });
             }
             Err(e) => return Err(e),
@@ -600,8 +626,10 @@ impl<'q> Scheduler<'q> {
 
     /// Enqueues a system schedule's job for each of `tenants` (one page of the tenant
     /// directory), each under an id derived from (schedule, tick, tenant): calling it again for
-    /// the same page, after a crash or a retry, enqueues nothing new. Returns how many jobs
-    /// were new.
+    /// the same page, after a crash or a retry, enqueues nothing new. A tenant whose admission
+    /// limits refuse its job is skipped and reported, so that one full tenant does not hold up
+    /// the others' maintenance. The tenants' reads and enqueues run together (one page costs
+    /// a few FoundationDB round trips, not a few per tenant).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a bad template; store errors.
@@ -611,16 +639,23 @@ impl<'q> Scheduler<'q> {
         fire_time: i64,
         template: &NewJob,
         tenants: &[Uuid],
-    ) -> Result<usize> {
+    ) -> Result<FanOut> {
         crate::queue::validate_new_job(template)?;
+        // Each tenant once: concurrent enqueues of one job would both find it missing.
+        let mut seen = HashSet::new();
+        let tenants: Vec<Uuid> = tenants
+            .iter()
+            .copied()
+            .filter(|&t| t != SYSTEM_TENANT && seen.insert(t))
+            .collect();
+        let tenants = &tenants;
         self.queue
             .db()
             .transact(|tx, _| async move {
-                let mut new = 0;
-                for &tenant in tenants {
-                    if tenant == SYSTEM_TENANT {
-                        continue;
-                    }
+                let tx = &tx;
+                // Each enqueue reads and writes only its own tenant's keys (and its own entries
+                // of the tenant indexes).
+                let placed = try_join_all(tenants.iter().map(|&tenant| async move {
                     let id = derived_id(
                         fire_time,
                         &[
@@ -630,18 +665,36 @@ impl<'q> Scheduler<'q> {
                             tenant.as_bytes(),
                         ],
                     );
-                    let keys = TenantKeys::new(tenant);
-                    if tx.get(&keys.job(id), false).await?.is_some() {
-                        continue;
+                    if tx
+                        .get(&TenantKeys::new(tenant).job(id), false)
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(Placed::Already);
                     }
                     let job = NewJob {
                         run_at: None,
                         ..template.clone().id(id)
                     };
-                    self.queue.enqueue_in(&tx, tenant, &job).await?;
-                    new += 1;
+                    // Admission is checked before anything of the job is written.
+                    match self.queue.enqueue_in(tx, tenant, &job).await {
+                        Ok(_) => Ok(Placed::New),
+                        Err(Error::Refused { limit, .. }) => {
+                            Ok(Placed::Refused(RefusedBy::of(limit)))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }))
+                .await?;
+                let mut out = FanOut::default();
+                for (&tenant, placed) in tenants.iter().zip(placed) {
+                    match placed {
+                        Placed::New => out.enqueued += 1,
+                        Placed::Refused(by) => out.refused.push((tenant, by)),
+                        Placed::Already => {}
+                    }
                 }
-                Ok(new)
+                Ok(out)
             })
             .await
     }

@@ -50,7 +50,7 @@ pub use crate::config::{
     DEFAULT_TENANT_WEIGHT, MAX_RUNNING_LIMIT, MAX_TENANT_WEIGHT,
 };
 pub use crate::cron::{
-    parse_expression, CronSchedule, MissedPolicy, OverlapPolicy, RefusedBy, ScheduleSpec,
+    parse_expression, CronSchedule, FanOut, MissedPolicy, OverlapPolicy, RefusedBy, ScheduleSpec,
     Scheduler, TickOutcome, TickRecord, DEFAULT_MISFIRE_GRACE, FANOUT_KIND, SYSTEM_TENANT,
 };
 pub use crate::error::{Error, Result};

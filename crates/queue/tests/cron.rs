@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use steward_queue::{
-    ClaimRequest, JobState, MissedPolicy, NewJob, OverlapPolicy, Queue, QueueConfig, ScheduleSpec,
-    Scheduler, TickOutcome, FANOUT_KIND, SYSTEM_TENANT,
+    ClaimRequest, JobState, MissedPolicy, NewJob, OverlapPolicy, Queue, QueueConfig, RefusedBy,
+    ScheduleSpec, Scheduler, TenantQueueConfig, TickOutcome, FANOUT_KIND, SYSTEM_TENANT,
 };
 use steward_store::{Database, FaultConfig, ManualClock, OpenOptions};
 use uuid::Uuid;
@@ -259,22 +259,30 @@ async fn a_system_schedule_fans_out_once_per_tenant() {
     let fire = fanout.args["fire_time"].as_i64().unwrap();
     let template: NewJob = serde_json::from_value(fanout.args["template"].clone()).unwrap();
     let tenants: Vec<Uuid> = (1..=5).map(Uuid::from_u128).collect();
-    assert_eq!(
-        s.fan_out("tokens", fire, &template, &tenants)
-            .await
-            .unwrap(),
-        5
-    );
+    // A tenant at its queue limit loses its job; the others get theirs.
+    let full = Uuid::from_u128(6);
+    let limited = TenantQueueConfig {
+        max_queued: Some(1),
+        ..TenantQueueConfig::default()
+    };
+    q.set_tenant_config(full, &limited).await.unwrap();
+    q.enqueue(full, NewJob::new("other", serde_json::json!({})))
+        .await
+        .unwrap();
+    // (A repeated tenant and the system tenant are skipped.)
+    let page: Vec<Uuid> = [&tenants[..], &[full, tenants[0], SYSTEM_TENANT]].concat();
+    let done = s.fan_out("tokens", fire, &template, &page).await.unwrap();
+    assert_eq!(done.enqueued, 5);
+    assert_eq!(done.refused, vec![(full, RefusedBy::MaxQueued)]);
     // A retried fan-out (the worker crashed after the first page) adds nothing.
-    assert_eq!(
-        s.fan_out("tokens", fire, &template, &tenants)
-            .await
-            .unwrap(),
-        0
-    );
+    let again = s.fan_out("tokens", fire, &template, &page).await.unwrap();
+    assert_eq!((again.enqueued, again.refused.len()), (0, 1));
     for t in &tenants {
         assert_eq!(q.counts(*t).await.unwrap()[&JobState::Queued], 1);
     }
+    assert_eq!(q.counts(full).await.unwrap()[&JobState::Queued], 1);
+    // Only the fan-out job itself.
+    assert_eq!(q.counts(SYSTEM_TENANT).await.unwrap()[&JobState::Queued], 1);
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use steward_queue::{JobState, ListFilter, NewJob, Outcome, TenantQueueConfig};
+use steward_queue::{JobState, ListFilter, NewJob, Outcome, Scheduler, TenantQueueConfig};
 use steward_store::FaultConfig;
 use support::{job, us, Backend, Env, LEASE};
 use tokio::time::Instant;
@@ -211,6 +211,23 @@ async fn replaying_dead_jobs_reads_them_together() {
     assert!(
         many <= one,
         "replaying 32 dead jobs took {many} round trips, one job {one}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fan_out_enqueues_a_page_of_tenants_together() {
+    let (env, _) = tenant_with_jobs("round_trips::fan_out", 0, None).await;
+    let scheduler = Scheduler::new(&env.queue);
+    let fire = env.now();
+    let page: Vec<Uuid> = (0..50).map(|_| env.tenant()).collect();
+    let (one, done) = round_trips(scheduler.fan_out("s", fire, &job("a"), &page[..1])).await;
+    assert_eq!(done.expect("fan out").enqueued, 1);
+    let (many, done) = round_trips(scheduler.fan_out("s", fire, &job("a"), &page)).await;
+    assert_eq!(done.expect("fan out").enqueued, 49);
+    // 197 before the tenants went together (four reads per tenant, one after another).
+    assert!(
+        many <= one,
+        "a fan-out to 50 tenants took {many} round trips, to one {one}"
     );
 }
 

@@ -164,4 +164,8 @@ pub struct FanOutResult {
     pub tenants: usize,
     /// Jobs enqueued by this attempt (a retried fan-out enqueues only what is missing).
     pub enqueued: usize,
+    /// Tenants whose job their queue limits refused (they lose this tick; the others do
+    /// not). Each is also logged.
+    #[serde(default)]
+    pub refused: usize,
 }

@@ -69,10 +69,20 @@ impl Handler for CronFanOut {
                 .await
                 .map_err(models_error)?;
             result.tenants += page.items.len();
-            result.enqueued += scheduler
+            let done = scheduler
                 .fan_out(&a.schedule, a.fire_time, &a.template, &page.items)
                 .await
                 .map_err(queue_error)?;
+            result.enqueued += done.enqueued;
+            result.refused += done.refused.len();
+            for (tenant, by) in &done.refused {
+                tracing::warn!(
+                    schedule = %a.schedule,
+                    %tenant,
+                    refused_by = ?by,
+                    "a tenant's queue limits refused its job of a system schedule's tick"
+                );
+            }
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
