@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_models::{Models, ModelsConfig, NewTenant, Plan, TenantKind};
-use steward_queue::{JobState, Queue, QueueConfig, Scheduler, TickOutcome, SYSTEM_TENANT};
+use steward_queue::{
+    JobState, NewJob, Queue, QueueConfig, Scheduler, TenantQueueConfig, TickOutcome, SYSTEM_TENANT,
+};
 use steward_store::{Database, ManualClock, OpenOptions};
 use steward_workers::config::{SchedulesConfig, OFF};
 use steward_workers::handlers::{builtin_registry, Services};
@@ -105,6 +107,17 @@ async fn a_system_tick_fans_out_one_job_per_tenant() {
                 .id,
         );
     }
+    // The last tenant is at its queue limit: it loses this tick, the others do not.
+    let full = tenants[2];
+    let limit = TenantQueueConfig {
+        max_queued: Some(1),
+        ..TenantQueueConfig::default()
+    };
+    queue.set_tenant_config(full, &limit).await.unwrap();
+    queue
+        .enqueue(full, NewJob::new("other", serde_json::json!({})))
+        .await
+        .unwrap();
     install_default_schedules(&queue, &SchedulesConfig::default())
         .await
         .unwrap();
@@ -131,7 +144,8 @@ async fn a_system_tick_fans_out_one_job_per_tenant() {
         .await
         .unwrap();
     assert_eq!(out["tenants"], 3);
-    assert_eq!(out["enqueued"], 3);
+    assert_eq!(out["enqueued"], 2);
+    assert_eq!(out["refused"], 1);
     // A retried fan-out (the worker died after enqueueing) adds nothing.
     let again = registry
         .run_direct(ctx, &fanout.kind, fanout.args)
