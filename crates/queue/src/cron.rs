@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
-use steward_store::{TransactError, Transaction};
+use steward_store::{RangeOption, TransactError, Transaction};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -459,38 +459,61 @@ impl<'q> Scheduler<'q> {
     /// Handles every tick due by now. Safe to call from any number of replicas at once.
     /// Returns the ticks this call recorded.
     ///
+    /// The due schedules are read a page at a time, and each replica handles a page in its
+    /// own random order, so replicas that tick together mostly take different schedules
+    /// instead of racing for the same ones. A schedule that cannot be handled is skipped (and
+    /// logged), so however many of them there are, the ones after them still fire.
+    ///
     /// # Errors
     /// Store errors (ticks handled before the error stay handled).
     pub async fn tick(&self) -> Result<Vec<(String, TickRecord)>> {
         let now = self.queue.now();
-        let due = self
-            .queue
-            .db()
-            .run(|tx, _| async move {
-                tx.get_range(&keys::cron_due(now).limit(SCHEDULES_PER_TICK).snapshot())
-                    .await
-            })
-            .await?;
+        let due = keys::cron_due(now);
         let mut recorded = Vec::new();
-        for kv in due.kvs {
-            let Some((fire, scope, name)) = keys::parse_cron_index(&kv.key) else {
-                continue;
+        let mut begin = due.begin.clone();
+        loop {
+            let page_opt = RangeOption::new(begin, due.end.clone())
+                .limit(SCHEDULES_PER_TICK)
+                .snapshot();
+            let page_opt = &page_opt;
+            let page = self
+                .queue
+                .db()
+                .run(|tx, _| async move { tx.get_range(page_opt).await })
+                .await?;
+            let Some(last) = page.kvs.last() else {
+                break;
             };
-            loop {
-                // One schedule that cannot be handled (a corrupt record, a template the
-                // current binary refuses) must not stop every other schedule.
-                let (records, more) = match self.handle(&scope, &name, fire, now).await {
-                    Ok(r) => r,
-                    Err(e) if e.store_error().is_some() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(schedule = %name, error = %e, "cron schedule not handled");
+            // A handled schedule's entry moves past `now`; one that could not be handled stays,
+            // so the next page starts after this one.
+            begin = [last.key.as_slice(), &[0]].concat();
+            let full = page.kvs.len() >= SCHEDULES_PER_TICK;
+            let mut entries: Vec<_> = page
+                .kvs
+                .iter()
+                .filter_map(|kv| keys::parse_cron_index(&kv.key))
+                .collect();
+            self.queue.with_rng(|r| r.shuffle(&mut entries));
+            for (fire, scope, name) in entries {
+                loop {
+                    // One schedule that cannot be handled (a corrupt record, a template the
+                    // current binary refuses) must not stop every other schedule.
+                    let (records, more) = match self.handle(&scope, &name, fire, now).await {
+                        Ok(r) => r,
+                        Err(e) if e.store_error().is_some() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(schedule = %name, error = %e, "cron schedule not handled");
+                            break;
+                        }
+                    };
+                    recorded.extend(records.into_iter().map(|r| (name.clone(), r)));
+                    if !more {
                         break;
                     }
-                };
-                recorded.extend(records.into_iter().map(|r| (name.clone(), r)));
-                if !more {
-                    break;
                 }
+            }
+            if !full {
+                break;
             }
         }
         Ok(recorded)

@@ -294,7 +294,7 @@ impl Queue {
         self.db.clock().now_micros()
     }
 
-    fn with_rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+    pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
         f(&mut self
             .rng
             .lock()

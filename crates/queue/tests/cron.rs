@@ -11,6 +11,7 @@ use steward_queue::{
     ClaimRequest, JobState, MissedPolicy, NewJob, OverlapPolicy, Queue, QueueConfig, RefusedBy,
     ScheduleSpec, Scheduler, TenantQueueConfig, TickOutcome, FANOUT_KIND, SYSTEM_TENANT,
 };
+use steward_store::tuple::pack;
 use steward_store::{Database, FaultConfig, ManualClock, OpenOptions};
 use uuid::Uuid;
 
@@ -283,6 +284,44 @@ async fn a_system_schedule_fans_out_once_per_tenant() {
     assert_eq!(q.counts(full).await.unwrap()[&JobState::Queued], 1);
     // Only the fan-out job itself.
     assert_eq!(q.counts(SYSTEM_TENANT).await.unwrap()[&JobState::Queued], 1);
+}
+
+/// More schedules are due than one page holds, and the first page's records cannot be read:
+/// one tick still fires every schedule that can fire.
+#[tokio::test]
+async fn a_tick_pages_past_a_full_page_of_schedules_it_cannot_handle() {
+    let (q, clock) = setup(None);
+    let s = Scheduler::new(&q);
+    // The due index orders schedules of one fire time by tenant: the broken ones come first.
+    let broken: Vec<Uuid> = (1..=100).map(Uuid::from_u128).collect();
+    let healthy: Vec<Uuid> = (1001..=1050).map(Uuid::from_u128).collect();
+    for t in broken.iter().chain(&healthy) {
+        every_minute(&s, Some(*t), OverlapPolicy::Skip, MissedPolicy::Coalesce).await;
+    }
+    for t in &broken {
+        let key = pack(&("t", *t, "q", "cron", "tokens"));
+        q.db()
+            .run(|tx, _| {
+                let key = key.clone();
+                async move {
+                    tx.set(&key, b"not a schedule");
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+    }
+    clock.advance(MINUTE);
+    let handled = s.tick().await.unwrap();
+    assert_eq!(handled.len(), healthy.len(), "{handled:?}");
+    assert!(handled
+        .iter()
+        .all(|(_, r)| matches!(r.outcome, TickOutcome::Fired { .. })));
+    for t in &healthy {
+        assert_eq!(q.counts(*t).await.unwrap()[&JobState::Queued], 1);
+    }
+    // Nothing is left to handle but the broken ones.
+    assert!(s.tick().await.unwrap().is_empty());
 }
 
 #[tokio::test]
