@@ -114,7 +114,12 @@ pub struct Queue {
     ids: IdGenerator,
     rng: Mutex<fastrand::Rng>,
     recent: RecentClaims,
+    /// Jobs whose records this process could not decode (see [`Queue::claimable`]).
+    undecodable: Mutex<HashSet<Uuid>>,
 }
+
+/// Most undecodable jobs a process remembers (and so keeps its claims away from).
+const MAX_UNDECODABLE: usize = 10_000;
 
 /// Jobs this process's claims are taking now or took lately, so that its other claims keep
 /// away from them. Without it, the workers of one process (sharing one `Queue`) picked the same
@@ -262,6 +267,7 @@ impl Queue {
             ids: IdGenerator::new(db.clock().clone(), seed),
             rng: Mutex::new(fastrand::Rng::with_seed(seed.rotate_left(17))),
             recent: RecentClaims::default(),
+            undecodable: Mutex::new(HashSet::new()),
             db,
             config,
         })
@@ -299,6 +305,30 @@ impl Queue {
             .rng
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// A record a claim reads (to take, rescue or promote its job), or `None` to pass the job
+    /// by. A record that does not decode (written by a newer version during a rolling
+    /// deploy, or damaged) must not fail the claim: that would stop every claim that samples
+    /// its tenant, all tenants' jobs with it. Its job is left as it is, for a binary that can
+    /// read it; this process logs it once and keeps its claims away from it.
+    async fn claimable(
+        &self,
+        records: &mut Prefetched,
+        tx: &Transaction,
+        keys: &TenantKeys,
+        id: Uuid,
+    ) -> Result<Option<Job>> {
+        match records.load(tx, keys, id).await {
+            Err(e @ Error::Corrupt { .. }) => {
+                let mut known = lock(&self.undecodable);
+                if known.len() < MAX_UNDECODABLE && known.insert(id) {
+                    tracing::error!(job = %id, error = %e, "job record does not decode; claims pass it by");
+                }
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// A new UUIDv7 job id from the queue's clock and seed.
@@ -1175,6 +1205,12 @@ impl Queue {
             })
             .collect();
         candidates.sort_unstable();
+        {
+            let undecodable = lock(&self.undecodable);
+            if !undecodable.is_empty() {
+                candidates.retain(|c| !undecodable.contains(&c.2));
+            }
+        }
         // Not the jobs other claims of this process are taking, or claimed at versions this
         // snapshot does not show.
         let read_version = tx.read_version().await?;
@@ -1217,7 +1253,7 @@ impl Queue {
         } = plan;
         let mut claimed = 0;
         for id in chosen {
-            let Some(job) = records.load(tx, &keys, id).await? else {
+            let Some(job) = self.claimable(records, tx, &keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Queued {
@@ -1318,7 +1354,7 @@ impl Queue {
         records: &mut Prefetched,
     ) -> Result<()> {
         for (expires_at, id) in expired {
-            let Some(job) = records.load(tx, keys, id).await? else {
+            let Some(job) = self.claimable(records, tx, keys, id).await? else {
                 continue;
             };
             let still_expired = job.state == JobState::Running
@@ -1367,7 +1403,7 @@ impl Queue {
         records: &mut Prefetched,
     ) -> Result<()> {
         for (run_at, id) in due {
-            let Some(job) = records.load(tx, keys, id).await? else {
+            let Some(job) = self.claimable(records, tx, keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Scheduled || job.run_at != run_at {

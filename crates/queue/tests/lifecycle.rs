@@ -46,6 +46,7 @@ support::backend_tests! {
         claim_follows_strict_priority_within_a_tenant,
         idempotent_enqueue_returns_the_first_job,
         enqueue_batch_is_all_or_nothing,
+        a_record_that_does_not_decode_does_not_stop_claims,
         a_batch_sees_its_own_keys_and_counts_its_own_jobs,
         enqueue_in_commits_with_the_callers_transaction,
         validation_errors_name_the_field,
@@ -1023,6 +1024,44 @@ async fn limited_tenant(
     };
     env.queue.set_tenant_config(t, &config).await.unwrap();
     t
+}
+
+/// A job record that does not decode (a newer version's, during a rolling deploy) is passed by:
+/// it failed every claim that chose it, and so every claim that sampled its tenant.
+async fn a_record_that_does_not_decode_does_not_stop_claims(env: Env) {
+    let t = env.tenant();
+    let bad = env.enqueue(t, job("a")).await;
+    let other = env.tenant();
+    let good = env.enqueue(other, job("a")).await;
+    let mine = env.enqueue(t, job("a")).await;
+    let key = pack(&("t", t, "q", "job", bad));
+    env.overwrite(&key, b"{\"written by\": \"a newer version\"}")
+        .await;
+    // Every other job is claimed, the other tenant's and its own tenant's.
+    let leases = env.claim("w", 10).await;
+    let mut got: Vec<_> = leases.iter().map(|l| l.job_id).collect();
+    got.sort();
+    let mut want = vec![good, mine];
+    want.sort();
+    assert_eq!(got, want);
+    for lease in &leases {
+        env.queue.complete(lease, json!(null)).await.unwrap();
+    }
+    let later = env.enqueue(t, job("a")).await;
+    assert_eq!(env.claim_one("w").await.job_id, later);
+    // So is a running one whose lease expires (the claim that rescues expired leases reads it).
+    let running = pack(&("t", t, "q", "job", later));
+    env.overwrite(&running, b"[]").await;
+    env.advance(LEASE + Duration::from_secs(1));
+    let last = env.enqueue(t, job("a")).await;
+    assert_eq!(env.claim_one("w").await.job_id, last);
+    // The record is left as it was, for a binary that can read it.
+    let tx = env.raw.create_transaction().unwrap();
+    let value = tx.get(&key, false).await.unwrap();
+    assert_eq!(
+        value.as_deref(),
+        Some(&b"{\"written by\": \"a newer version\"}"[..])
+    );
 }
 
 async fn enqueue_in_commits_with_the_callers_transaction(env: Env) {

@@ -127,6 +127,17 @@ impl Env {
         self.clock.now_micros()
     }
 
+    /// Writes `value` under `key` directly (to damage a record, say), past the queue.
+    pub(crate) async fn overwrite(&self, key: &[u8], value: &[u8]) {
+        self.raw
+            .run(|tx, _| async move {
+                tx.set(key, value);
+                Ok(())
+            })
+            .await
+            .expect("overwrite");
+    }
+
     pub(crate) fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
