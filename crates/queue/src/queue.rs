@@ -1973,24 +1973,39 @@ impl Queue {
             (JobState::Dead, self.config.dead_retention),
         ] {
             let before = now.saturating_sub(micros(keep));
+            let mut after = None;
             loop {
-                let n = self.prune_chunk(tenant, state, before).await?;
+                let (n, next) = self.prune_chunk(tenant, state, before, after).await?;
                 if state == JobState::Dead {
                     stats.dead += n;
                 } else {
                     stats.finished += n;
                 }
-                if n < BULK_CHUNK {
-                    break;
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
         }
         Ok(stats)
     }
 
-    async fn prune_chunk(&self, tenant: Uuid, state: JobState, before: i64) -> Result<usize> {
+    /// Prunes one chunk of the `state` index before `before`, from after the key `after`.
+    /// Returns how many jobs went, and where the next chunk starts if there may be more.
+    async fn prune_chunk(
+        &self,
+        tenant: Uuid,
+        state: JobState,
+        before: i64,
+        after: Option<Vec<u8>>,
+    ) -> Result<(usize, Option<Vec<u8>>)> {
         let keys = TenantKeys::new(tenant);
         let keys = &keys;
+        let mut range = keys.state_index_before(state, before).limit(BULK_CHUNK);
+        if let Some(after) = after {
+            range.begin = [after.as_slice(), &[0]].concat();
+        }
+        let range = &range;
         // Jobs an earlier attempt deleted: after `commit_unknown_result` they are gone from the
         // index the retry reads, so it counts those whose record is gone instead.
         let deleted: Mutex<BTreeSet<Uuid>> = Mutex::new(BTreeSet::new());
@@ -2006,9 +2021,7 @@ impl Queue {
                         }
                     }
                 }
-                let page = tx
-                    .get_range(&keys.state_index_before(state, before).limit(BULK_CHUNK))
-                    .await?;
+                let page = tx.get_range(range).await?;
                 let mut mine = Vec::new();
                 let mut records = Prefetched::read(
                     &tx,
@@ -2022,11 +2035,17 @@ impl Queue {
                     let Some((_, id)) = keys.parse_state_index(&kv.key) else {
                         continue;
                     };
+                    let job = match records.load(&tx, keys, id).await {
+                        // Left as it is (entry and record), for a binary that can read it.
+                        Err(e @ Error::Corrupt { .. }) => {
+                            tracing::error!(job = %id, error = %e, "job record does not decode; prune passes it by");
+                            continue;
+                        }
+                        other => other?,
+                    };
                     tx.clear(&kv.key);
                     n += 1;
-                    let Some(job) = records.load(&tx, keys, id).await? else {
-                        continue;
-                    };
+                    let Some(job) = job else { continue };
                     if job.state != state {
                         continue;
                     }
@@ -2034,7 +2053,11 @@ impl Queue {
                     mine.push(id);
                 }
                 lock(deleted).extend(mine);
-                Ok(n)
+                // Entries before the last one read are gone or passed by.
+                let next = (page.kvs.len() >= BULK_CHUNK)
+                    .then(|| page.kvs.last().map(|kv| kv.key.clone()))
+                    .flatten();
+                Ok((n, next))
             })
             .await
     }
