@@ -199,6 +199,7 @@ enum Placed {
     Already,
     New,
     Refused(RefusedBy),
+    Unreadable(String),
 }
 
 /// What one page of a system schedule's fan-out did ([`Scheduler::fan_out`]).
@@ -209,6 +210,9 @@ pub struct FanOut {
     /// Tenants whose job their admission limits refused: they lose this tick, and the other
     /// tenants get theirs.
     pub refused: Vec<(Uuid, RefusedBy)>,
+    /// Tenants whose queue records did not decode (settings, or the job an idempotency or
+    /// supersede key names), with the error: skipped, so the others still get their jobs.
+    pub unreadable: Vec<(Uuid, String)>,
 }
 
 /// A recorded tick.
@@ -699,12 +703,14 @@ impl<'q> Scheduler<'q> {
                         run_at: None,
                         ..template.clone().id(id)
                     };
-                    // Admission is checked before anything of the job is written.
+                    // Admission is checked, and every record the enqueue reads decoded, before
+                    // anything of the job is written: a tenant skipped here leaves nothing.
                     match self.queue.enqueue_in(tx, tenant, &job).await {
                         Ok(_) => Ok(Placed::New),
                         Err(Error::Refused { limit, .. }) => {
                             Ok(Placed::Refused(RefusedBy::of(limit)))
                         }
+                        Err(e @ Error::Corrupt { .. }) => Ok(Placed::Unreadable(e.to_string())),
                         Err(e) => Err(e),
                     }
                 }))
@@ -714,6 +720,7 @@ impl<'q> Scheduler<'q> {
                     match placed {
                         Placed::New => out.enqueued += 1,
                         Placed::Refused(by) => out.refused.push((tenant, by)),
+                        Placed::Unreadable(e) => out.unreadable.push((tenant, e)),
                         Placed::Already => {}
                     }
                 }

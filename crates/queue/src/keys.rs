@@ -43,14 +43,20 @@ pub(crate) const ALL_KINDS: &str = "*";
 /// The keys of one tenant's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct TenantKeys {
+    tenant: Uuid,
     q: Subspace,
 }
 
 impl TenantKeys {
     pub(crate) fn new(tenant: Uuid) -> Self {
         TenantKeys {
+            tenant,
             q: Subspace::from_bytes(pack(&("t", tenant, "q"))),
         }
+    }
+
+    pub(crate) fn tenant(&self) -> Uuid {
+        self.tenant
     }
 
     pub(crate) fn job(&self, id: Uuid) -> Vec<u8> {

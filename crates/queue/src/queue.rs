@@ -114,11 +114,13 @@ pub struct Queue {
     ids: IdGenerator,
     rng: Mutex<fastrand::Rng>,
     recent: RecentClaims,
-    /// Jobs whose records this process could not decode (see [`Queue::claimable`]).
-    undecodable: Mutex<HashSet<Uuid>>,
+    /// Jobs (tenant, id) whose records this process could not decode (see
+    /// [`Queue::claimable`]).
+    undecodable: Mutex<HashSet<(Uuid, Uuid)>>,
 }
 
-/// Most undecodable jobs a process remembers (and so keeps its claims away from).
+/// Most undecodable jobs a process remembers (and so keeps its claims away from); when full it
+/// forgets them all and starts over.
 const MAX_UNDECODABLE: usize = 10_000;
 
 /// Jobs this process's claims are taking now or took lately, so that its other claims keep
@@ -322,7 +324,10 @@ impl Queue {
         match records.load(tx, keys, id).await {
             Err(e @ Error::Corrupt { .. }) => {
                 let mut known = lock(&self.undecodable);
-                if known.len() < MAX_UNDECODABLE && known.insert(id) {
+                if known.len() >= MAX_UNDECODABLE {
+                    known.clear();
+                }
+                if known.insert((keys.tenant(), id)) {
                     tracing::error!(job = %id, error = %e, "job record does not decode; claims pass it by");
                 }
                 Ok(None)
@@ -514,9 +519,6 @@ impl Queue {
                     .await?
                     .is_some(),
             };
-        if let Some(key) = &job.idempotency_key {
-            tx.set(&keys.idempotency(key), id.as_bytes());
-        }
         let mut superseded = None;
         if let Some(key) = &job.supersede_key {
             let sk = keys.supersede(key);
@@ -539,6 +541,11 @@ impl Queue {
                 }
             }
             tx.set(&sk, id.as_bytes());
+        }
+        // After every read that can fail to decode (the superseded job's): a caller that
+        // passes a tenant by on such an error (`Scheduler::fan_out`) has nothing to undo.
+        if let Some(key) = &job.idempotency_key {
+            tx.set(&keys.idempotency(key), id.as_bytes());
         }
         let run_at = job.run_at.unwrap_or(now).max(0);
         let record = Job {
@@ -1208,7 +1215,7 @@ impl Queue {
         {
             let undecodable = lock(&self.undecodable);
             if !undecodable.is_empty() {
-                candidates.retain(|c| !undecodable.contains(&c.2));
+                candidates.retain(|c| !undecodable.contains(&(tenant, c.2)));
             }
         }
         // Not the jobs other claims of this process are taking, or claimed at versions this
@@ -2531,8 +2538,10 @@ impl Usage {
 /// takes them one by one. On FoundationDB every read is a network round trip: a loop that
 /// loaded each job in turn waited one round trip per job (32 for a claim of 32, 100 for an
 /// enqueue of 100); reading them concurrently waits about one for all (the client sends the
-/// reads at once). The reads are the same serializable gets [`load`] makes, so the
-/// transaction's conflicts are unchanged.
+/// reads at once). They are snapshot reads, and a take adds the key's read conflict: so the
+/// transaction's conflicts are exactly those of the reads the loop would have made one by one
+/// (a key read ahead but never taken, say an idempotent duplicate's supersede entry, adds
+/// none).
 ///
 /// A take ([`Prefetched::load`], [`Prefetched::get`]) returns what a read would return at that
 /// point of the loop, provided the loop writes a key only after taking it (then a value read
@@ -2549,7 +2558,7 @@ impl Prefetched {
         let mut keys: Vec<Vec<u8>> = job_keys.into_iter().collect();
         keys.sort_unstable();
         keys.dedup();
-        let values = try_join_all(keys.iter().map(|k| tx.get(k, false))).await?;
+        let values = try_join_all(keys.iter().map(|k| tx.get(k, true))).await?;
         Ok(Prefetched(keys.into_iter().zip(values).collect()))
     }
 
@@ -2570,7 +2579,7 @@ impl Prefetched {
             .collect();
         more.sort_unstable();
         more.dedup();
-        let values = try_join_all(more.iter().map(|k| tx.get(k, false))).await?;
+        let values = try_join_all(more.iter().map(|k| tx.get(k, true))).await?;
         self.0.extend(more.into_iter().zip(values));
         Ok(())
     }
@@ -2584,7 +2593,10 @@ impl Prefetched {
     /// was read ahead, afterwards (or if it was not read ahead) from the transaction.
     pub(crate) async fn get(&mut self, tx: &Transaction, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.0.remove(key) {
-            Some(value) => Ok(value),
+            Some(value) => {
+                tx.add_read_conflict_key(key);
+                Ok(value)
+            }
             None => tx.get(key, false).await.map_err(Error::from),
         }
     }
@@ -2597,8 +2609,12 @@ impl Prefetched {
         keys: &TenantKeys,
         id: Uuid,
     ) -> Result<Option<Job>> {
-        match self.0.remove(&keys.job(id)) {
-            Some(value) => decode_job(value, id),
+        let key = keys.job(id);
+        match self.0.remove(&key) {
+            Some(value) => {
+                tx.add_read_conflict_key(&key);
+                decode_job(value, id)
+            }
             None => load(tx, keys, id).await,
         }
     }

@@ -270,14 +270,28 @@ async fn a_system_schedule_fans_out_once_per_tenant() {
     q.enqueue(full, NewJob::new("other", serde_json::json!({})))
         .await
         .unwrap();
+    // So does one whose queue settings do not decode.
+    let broken = Uuid::from_u128(7);
+    let settings = pack(&("t", broken, "q", "cfg"));
+    let settings = &settings;
+    q.db()
+        .run(|tx, _| async move {
+            tx.set(settings, b"not settings");
+            Ok(())
+        })
+        .await
+        .unwrap();
     // (A repeated tenant and the system tenant are skipped.)
-    let page: Vec<Uuid> = [&tenants[..], &[full, tenants[0], SYSTEM_TENANT]].concat();
+    let page: Vec<Uuid> = [&tenants[..], &[full, broken, tenants[0], SYSTEM_TENANT]].concat();
     let done = s.fan_out("tokens", fire, &template, &page).await.unwrap();
     assert_eq!(done.enqueued, 5);
     assert_eq!(done.refused, vec![(full, RefusedBy::MaxQueued)]);
+    assert_eq!(done.unreadable.len(), 1);
+    assert_eq!(done.unreadable[0].0, broken);
     // A retried fan-out (the worker crashed after the first page) adds nothing.
     let again = s.fan_out("tokens", fire, &template, &page).await.unwrap();
     assert_eq!((again.enqueued, again.refused.len()), (0, 1));
+    assert_eq!(q.counts(broken).await.unwrap()[&JobState::Queued], 0);
     for t in &tenants {
         assert_eq!(q.counts(*t).await.unwrap()[&JobState::Queued], 1);
     }

@@ -168,4 +168,7 @@ pub struct FanOutResult {
     /// not). Each is also logged.
     #[serde(default)]
     pub refused: usize,
+    /// Tenants skipped because their queue records did not decode. Each is also logged.
+    #[serde(default)]
+    pub unreadable: usize,
 }

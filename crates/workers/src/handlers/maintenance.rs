@@ -75,6 +75,15 @@ impl Handler for CronFanOut {
                 .map_err(queue_error)?;
             result.enqueued += done.enqueued;
             result.refused += done.refused.len();
+            result.unreadable += done.unreadable.len();
+            for (tenant, error) in &done.unreadable {
+                tracing::error!(
+                    schedule = %a.schedule,
+                    %tenant,
+                    %error,
+                    "a tenant's queue records do not decode; it misses a system schedule's tick"
+                );
+            }
             for (tenant, by) in &done.refused {
                 tracing::warn!(
                     schedule = %a.schedule,
