@@ -692,20 +692,16 @@ impl<'q> Scheduler<'q> {
                             tenant.as_bytes(),
                         ],
                     );
-                    if tx
-                        .get(&TenantKeys::new(tenant).job(id), false)
-                        .await?
-                        .is_some()
-                    {
-                        return Ok(Placed::Already);
-                    }
                     let job = NewJob {
                         run_at: None,
                         ..template.clone().id(id)
                     };
-                    // Admission is checked, and every record the enqueue reads decoded, before
-                    // anything of the job is written: a tenant skipped here leaves nothing.
+                    // A job already under its id (an earlier call's) is reported a duplicate,
+                    // before anything is written. Admission is checked, and every record the
+                    // enqueue reads decoded, before anything of the job is written too: a
+                    // tenant skipped here leaves nothing.
                     match self.queue.enqueue_in(tx, tenant, &job).await {
+                        Ok(e) if e.duplicate => Ok(Placed::Already),
                         Ok(_) => Ok(Placed::New),
                         Err(Error::Refused { limit, .. }) => {
                             Ok(Placed::Refused(RefusedBy::of(limit)))

@@ -115,7 +115,7 @@ pub struct Queue {
     rng: Mutex<fastrand::Rng>,
     recent: RecentClaims,
     /// Jobs (tenant, id) whose records this process could not decode (see
-    /// [`Queue::claimable`]).
+    /// [`Queue::readable`]).
     undecodable: Mutex<HashSet<(Uuid, Uuid)>>,
 }
 
@@ -313,8 +313,8 @@ impl Queue {
     /// by. A record that does not decode (written by a newer version during a rolling
     /// deploy, or damaged) must not fail the claim: that would stop every claim that samples
     /// its tenant, all tenants' jobs with it. Its job is left as it is, for a binary that can
-    /// read it; this process logs it once and keeps its claims away from it.
-    async fn claimable(
+    /// read it ([`Queue::note_undecodable`]).
+    async fn readable(
         &self,
         records: &mut Prefetched,
         tx: &Transaction,
@@ -323,16 +323,22 @@ impl Queue {
     ) -> Result<Option<Job>> {
         match records.load(tx, keys, id).await {
             Err(e @ Error::Corrupt { .. }) => {
-                let mut known = lock(&self.undecodable);
-                if known.len() >= MAX_UNDECODABLE {
-                    known.clear();
-                }
-                if known.insert((keys.tenant(), id)) {
-                    tracing::error!(job = %id, error = %e, "job record does not decode; claims pass it by");
-                }
+                self.note_undecodable(keys, id, &e);
                 Ok(None)
             }
             other => other,
+        }
+    }
+
+    /// A job whose record does not decode, passed by (by a claim or a prune): logged once,
+    /// and kept away from this process's claims.
+    fn note_undecodable(&self, keys: &TenantKeys, id: Uuid, error: &Error) {
+        let mut known = lock(&self.undecodable);
+        if known.len() >= MAX_UNDECODABLE {
+            known.clear();
+        }
+        if known.insert((keys.tenant(), id)) {
+            tracing::error!(job = %id, %error, "job record does not decode; it is passed by");
         }
     }
 
@@ -380,12 +386,18 @@ impl Queue {
                 // What every job's enqueue reads, read at once (on FoundationDB one round trip
                 // instead of one per job): its record, its idempotency and supersede entries,
                 // the tenant's settings and active-index entry.
-                let lookups = jobs.iter().flat_map(|j| {
-                    let id = j.id.map(|id| keys.job(id));
-                    let ik = j.idempotency_key.as_deref().map(|k| keys.idempotency(k));
-                    let sk = j.supersede_key.as_deref().map(|k| keys.supersede(k));
-                    id.into_iter().chain(ik).chain(sk)
-                });
+                let entries: Vec<Vec<u8>> = jobs
+                    .iter()
+                    .flat_map(|j| {
+                        let ik = j.idempotency_key.as_deref().map(|k| keys.idempotency(k));
+                        let sk = j.supersede_key.as_deref().map(|k| keys.supersede(k));
+                        ik.into_iter().chain(sk)
+                    })
+                    .collect();
+                let lookups = jobs
+                    .iter()
+                    .filter_map(|j| j.id.map(|id| keys.job(id)))
+                    .chain(entries.iter().cloned());
                 let (mut records, config, active) = futures::try_join!(
                     Prefetched::read(&tx, lookups),
                     read_tenant_config(&tx, &keys, true),
@@ -396,14 +408,9 @@ impl Queue {
                 )?;
                 // Then the records those entries name, also at once (a second round trip,
                 // only when some entry exists).
-                let named: Vec<Vec<u8>> = jobs
+                let named: Vec<Vec<u8>> = entries
                     .iter()
-                    .flat_map(|j| {
-                        let ik = j.idempotency_key.as_deref().map(|k| keys.idempotency(k));
-                        let sk = j.supersede_key.as_deref().map(|k| keys.supersede(k));
-                        ik.into_iter().chain(sk)
-                    })
-                    .filter_map(|k| records.peek(&k))
+                    .filter_map(|k| records.peek(k))
                     .filter_map(|v| Uuid::from_slice(v).ok())
                     .map(|id| keys.job(id))
                     .collect();
@@ -706,13 +713,8 @@ impl Queue {
         tenants.retain(|t| !fresh.contains(t));
         // Together: each reads its own tenant's indexes and clears its own entry of the active
         // index, which nothing in this claim reads afterwards.
-        let idle: Vec<(Uuid, TenantKeys)> =
-            idle.into_iter().map(|t| (t, TenantKeys::new(t))).collect();
-        try_join_all(
-            idle.iter()
-                .map(|(t, keys)| self.maybe_retire_doorbell(tx, keys, *t)),
-        )
-        .await?;
+        let idle: Vec<TenantKeys> = idle.into_iter().map(TenantKeys::new).collect();
+        try_join_all(idle.iter().map(|keys| self.maybe_retire_doorbell(tx, keys))).await?;
         self.with_rng(|r| r.shuffle(&mut tenants));
         let configs = read_tenant_configs(tx, &tenants).await?;
         let budget = req.max - leases.len();
@@ -756,7 +758,8 @@ impl Queue {
         // What each visit reads before it writes, read for every tenant at once (on
         // FoundationDB one round trip or two for all of them, not a few per tenant in turn). A
         // visit writes only its own tenant's keys (and may clear its own entry of the active
-        // index, which no visit reads), so each finds these as it would have read them itself; the heads are read for the most the tenant can get (its share), and a
+        // index, which no visit reads), so each finds these as it would have read them
+        // itself; the heads are read for the most the tenant can get (its share), and a
         // tenant the claim does not reach costs snapshot reads only.
         let mut heads = try_join_all(tenants.iter().zip(configs).map(|(&t, cfg)| async move {
             let keys = TenantKeys::new(t);
@@ -845,13 +848,13 @@ impl Queue {
         let mut out = Vec::with_capacity(pending.len());
         let mut emptied = Vec::new();
         for (tag, plan) in pending {
-            let (tenant, keys) = (plan.tenant, plan.keys.clone());
+            let keys = plan.keys.clone();
             let (visit, empty) = self
                 .take_visit(tx, req, now, plan, &mut records, leases)
                 .await?;
             out.push((tag, visit));
             if empty {
-                emptied.push((tenant, keys));
+                emptied.push(keys);
             }
         }
         // Together: each reads its own tenant's indexes and clears its own entry of the active
@@ -859,7 +862,7 @@ impl Queue {
         try_join_all(
             emptied
                 .iter()
-                .map(|(tenant, keys)| self.maybe_retire_doorbell(tx, keys, *tenant)),
+                .map(|keys| self.maybe_retire_doorbell(tx, keys)),
         )
         .await?;
         Ok(out)
@@ -1227,7 +1230,6 @@ impl Queue {
                 self.choose(c, need)
             });
         Ok(Planned::Take(VisitPlan {
-            tenant,
             keys,
             chosen,
             free_slots,
@@ -1250,7 +1252,6 @@ impl Queue {
         leases: &mut Vec<Lease>,
     ) -> Result<(TenantVisit, bool)> {
         let VisitPlan {
-            tenant,
             keys,
             chosen,
             mut free_slots,
@@ -1260,7 +1261,7 @@ impl Queue {
         } = plan;
         let mut claimed = 0;
         for id in chosen {
-            let Some(job) = self.claimable(records, tx, &keys, id).await? else {
+            let Some(job) = self.readable(records, tx, &keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Queued {
@@ -1293,7 +1294,7 @@ impl Queue {
             self.save(tx, &keys, Some(&job), &next)?;
             claimed += 1;
             leases.push(Lease {
-                tenant,
+                tenant: keys.tenant(),
                 job_id: id,
                 kind: next.kind.clone(),
                 args: next.args.clone(),
@@ -1361,7 +1362,7 @@ impl Queue {
         records: &mut Prefetched,
     ) -> Result<()> {
         for (expires_at, id) in expired {
-            let Some(job) = self.claimable(records, tx, keys, id).await? else {
+            let Some(job) = self.readable(records, tx, keys, id).await? else {
                 continue;
             };
             let still_expired = job.state == JobState::Running
@@ -1410,7 +1411,7 @@ impl Queue {
         records: &mut Prefetched,
     ) -> Result<()> {
         for (run_at, id) in due {
-            let Some(job) = self.claimable(records, tx, keys, id).await? else {
+            let Some(job) = self.readable(records, tx, keys, id).await? else {
                 continue;
             };
             if job.state != JobState::Scheduled || job.run_at != run_at {
@@ -1426,12 +1427,7 @@ impl Queue {
     /// Removes the tenant from the active index if it has no queued, scheduled or running job.
     /// The emptiness is read serializably, so an enqueue racing this claim makes the claim
     /// retry instead of leaving a job no worker will look for.
-    async fn maybe_retire_doorbell(
-        &self,
-        tx: &Transaction,
-        keys: &TenantKeys,
-        tenant: Uuid,
-    ) -> Result<()> {
+    async fn maybe_retire_doorbell(&self, tx: &Transaction, keys: &TenantKeys) -> Result<()> {
         // Each step's three reads go together (one round trip on FoundationDB, not three).
         let any = |range: RangeOption| async move {
             Ok::<bool, Error>(!tx.get_range(&range.limit(1)).await?.kvs.is_empty())
@@ -1445,7 +1441,7 @@ impl Queue {
         // ... then serializably, so an enqueue racing the removal makes this claim retry.
         let found = try_join_all(indexes().map(any)).await?;
         if !found.contains(&true) {
-            tx.clear(&keys::TenantIndex::Active.entry(tenant));
+            tx.clear(&keys::TenantIndex::Active.entry(keys.tenant()));
         }
         Ok(())
     }
@@ -2045,7 +2041,7 @@ impl Queue {
                     let job = match records.load(&tx, keys, id).await {
                         // Left as it is (entry and record), for a binary that can read it.
                         Err(e @ Error::Corrupt { .. }) => {
-                            tracing::error!(job = %id, error = %e, "job record does not decode; prune passes it by");
+                            self.note_undecodable(keys, id, &e);
                             continue;
                         }
                         other => other?,
@@ -2453,7 +2449,6 @@ fn decode_job(value: Option<Vec<u8>>, id: Uuid) -> Result<Option<Job>> {
 
 /// A visit's choice, made before the chosen jobs' records are read (`Queue::plan_visit`).
 struct VisitPlan {
-    tenant: Uuid,
     keys: TenantKeys,
     chosen: Vec<Uuid>,
     /// The free concurrency slots, shuffled (with `max_running`).
